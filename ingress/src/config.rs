@@ -1,0 +1,89 @@
+//! Ingress configuration, read from the environment.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::auth::{Authenticator, BasicVerifier, Clock, HmacKeys, HmacVerifier, SystemClock};
+use shared::config::{ConfigError, Env, NatsConfig};
+use shared::topology::TopologyConfig;
+
+/// Everything the ingress needs; see the README's configuration table.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// `INGRESS_LISTEN`: the webhook listener.
+    pub listen: SocketAddr,
+    /// `METRICS_LISTEN`: the Prometheus listener (`/metrics`).
+    pub metrics_listen: SocketAddr,
+    /// `INGRESS_EVENTS_PATH`: where Khoros posts events.
+    pub events_path: String,
+    /// `KHOROS_AUTH` and its credentials.
+    pub auth: Authenticator,
+    /// `MAX_BODY_BYTES`: larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// `PUBLISH_TIMEOUT`: a PubAck slower than this is a 503.
+    pub publish_timeout: Duration,
+    /// `SHUTDOWN_TIMEOUT`: how long in-flight requests may take after SIGTERM.
+    pub shutdown_timeout: Duration,
+    pub nats: NatsConfig,
+    pub topology: TopologyConfig,
+}
+
+impl IngressConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::from_env_with_clock(env, Arc::new(SystemClock))
+    }
+
+    /// As [`Self::from_env`], with the clock the signature check uses (tests pin it).
+    pub fn from_env_with_clock(env: &Env, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        let topology = TopologyConfig::from_env(env)?;
+        let auth = match env
+            .string("KHOROS_AUTH", "hmac")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "hmac" => {
+                let raw = env.required_secret("KHOROS_HMAC_KEYS")?;
+                let keys =
+                    HmacKeys::parse(raw.expose()).map_err(|reason| ConfigError::Invalid {
+                        name: "KHOROS_HMAC_KEYS".into(),
+                        value: "***".into(),
+                        reason,
+                    })?;
+                let verifier =
+                    HmacVerifier::new(keys, topology.max_skew, env.get("KHOROS_PUBLIC_HOST"));
+                Authenticator::Hmac(verifier.with_clock(clock))
+            }
+            "basic" => Authenticator::Basic(BasicVerifier::new(
+                &env.required("KHOROS_BASIC_USER")?,
+                &env.required_secret("KHOROS_BASIC_PASSWORD")?,
+            )),
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "KHOROS_AUTH".into(),
+                    value: other.into(),
+                    reason: "expected hmac or basic".into(),
+                })
+            }
+        };
+        let events_path = env.string("INGRESS_EVENTS_PATH", "/khoros/events");
+        if !events_path.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                name: "INGRESS_EVENTS_PATH".into(),
+                value: events_path,
+                reason: "must start with /".into(),
+            });
+        }
+        Ok(Self {
+            listen: env.parse("INGRESS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            metrics_listen: env.parse("METRICS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            events_path,
+            auth,
+            max_body_bytes: env.parse("MAX_BODY_BYTES", 1024 * 1024)?,
+            publish_timeout: env.duration("PUBLISH_TIMEOUT", Duration::from_secs(2))?,
+            shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?,
+            nats: NatsConfig::from_env(env, "ingress")?,
+            topology,
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! The `ingress` binary: telemetry -> config -> `App::build` -> `run_until_stopped`.
+
+use anyhow::Context;
+use shared::config::Env;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init_subscriber(shared::telemetry::get_subscriber("info", std::io::stdout));
+    let config =
+        ingress::IngressConfig::from_env(&Env::process()).context("ingress configuration")?;
+    let app = ingress::App::build(config)
+        .await
+        .context("starting the ingress")?;
+    let shutdown = shared::shutdown::on_signal();
+    app.run_until_stopped(shutdown)
+        .await
+        .context("ingress server")
+}

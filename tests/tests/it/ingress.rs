@@ -1,0 +1,401 @@
+//! The ingress against a real nats-server: what is stored, what is refused, and recovery.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::StreamMessage;
+use bridge_tests::nats_server::NatsServer;
+use bridge_tests::wait;
+use http::HeaderMap;
+use shared::auth::{Clock, SystemClock};
+use shared::routing::{headers, ConversationKey};
+use shared::topology::EVENTS_STREAM;
+
+use crate::helpers::{jetstream, message_event, TestIngress, HMAC_KEY};
+
+/// Every message in the events stream, in order.
+async fn stored(nats: &NatsServer) -> Vec<StreamMessage> {
+    let js = jetstream(nats).await;
+    let stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .expect("events stream exists");
+    let info = stream.get_info().await.expect("stream info");
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        out.push(stream.get_raw_message(seq).await.expect("stored message"));
+    }
+    out
+}
+
+fn header(msg: &StreamMessage, name: &str) -> Option<String> {
+    msg.headers.get(name).map(|v| v.as_str().to_string())
+}
+
+/// A valid HMAC request is stored once, raw, on its partition subject with the request id as Msg-Id.
+#[tokio::test]
+async fn hmac_event_is_stored_once_with_subject_and_msg_id() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[]).await;
+    let body = message_event("user-42", "where is my order?");
+    let (status, text) = ingress.send(&body, Some("req-0001")).await;
+    assert_eq!(status, 202, "{text}");
+
+    let msgs = stored(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    let partition = ConversationKey {
+        network: "brandmessenger",
+        external_id: "bm-web-01",
+        author_id: "user-42",
+    }
+    .partition(16);
+    assert_eq!(
+        msgs[0].subject.as_str(),
+        format!("khoros.events.message.{partition}")
+    );
+    assert_eq!(
+        header(&msgs[0], headers::MSG_ID).as_deref(),
+        Some("req-0001")
+    );
+    assert_eq!(
+        header(&msgs[0], headers::REQUEST_ID).as_deref(),
+        Some("req-0001")
+    );
+    let received: i64 = header(&msgs[0], headers::RECEIVED_AT)
+        .expect("receive timestamp")
+        .parse()
+        .unwrap();
+    assert!((SystemClock.now_ms() - received).abs() < 60_000);
+    assert_eq!(
+        msgs[0].payload.as_ref(),
+        body.as_bytes(),
+        "body must be stored byte for byte"
+    );
+}
+
+/// Khoros retries with the same request id and a fresh signature: stored once, still 202.
+#[tokio::test]
+async fn khoros_retry_with_same_request_id_is_stored_once() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[]).await;
+    let body = message_event("user-7", "hello");
+    let signer = &ingress.signer;
+    for offset in [0, 1_000] {
+        let mut h = signer.headers_at(
+            body.as_bytes(),
+            SystemClock.now_ms() - offset,
+            &HeaderMap::new(),
+        );
+        h.insert("x-amzn-RequestId", "retry-1".parse().unwrap());
+        let r = ingress
+            .http
+            .post(&ingress.url)
+            .headers(h)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    assert_eq!(stored(&nats).await.len(), 1);
+}
+
+/// Basic auth works when configured, and wrong credentials are refused.
+#[tokio::test]
+async fn basic_auth_event_is_stored_and_wrong_password_refused() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("KHOROS_AUTH", "basic")]).await;
+    let body = message_event("user-9", "hi");
+    assert_eq!(ingress.send(&body, Some("basic-1")).await.0, 202);
+    let wrong = shared::auth::basic::header_value("khoros-cb", "guess");
+    let r = ingress
+        .http
+        .post(&ingress.url)
+        .header("authorization", wrong)
+        .header("x-amzn-RequestId", "basic-2")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let msgs = stored(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        header(&msgs[0], headers::MSG_ID).as_deref(),
+        Some("basic-1")
+    );
+}
+
+/// Each rejection path answers its status with a clear message and stores nothing.
+#[tokio::test]
+async fn rejections_answer_their_status_and_store_nothing() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("MAX_BODY_BYTES", "4096")]).await;
+    let body = message_event("user-1", "hi");
+    let now = SystemClock.now_ms();
+    let post = |h: HeaderMap, b: Vec<u8>| ingress.http.post(&ingress.url).headers(h).body(b).send();
+
+    // No auth at all.
+    let r = ingress
+        .http
+        .post(&ingress.url)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"unauthorized"}"#,
+        "401 must not say which check failed"
+    );
+    // Signature for another body.
+    let h = ingress
+        .signer
+        .headers_at(b"{\"type\":\"message\"}", now, &HeaderMap::new());
+    assert_eq!(
+        post(h, body.clone().into_bytes())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    // Stale and future timestamps.
+    for ts in [now - 61_000, now + 61_000] {
+        let h = ingress
+            .signer
+            .headers_at(body.as_bytes(), ts, &HeaderMap::new());
+        assert_eq!(
+            post(h, body.clone().into_bytes())
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            401,
+            "ts {ts}"
+        );
+    }
+    // Unknown api key.
+    let mut h = ingress
+        .signer
+        .headers_at(body.as_bytes(), now, &HeaderMap::new());
+    h.insert("x-auth-apikey", "someone-else".parse().unwrap());
+    assert_eq!(
+        post(h, body.clone().into_bytes())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    // Too large (signed correctly, so only the size is wrong).
+    let big = format!(r#"{{"type":"message","text":"{}"}}"#, "x".repeat(5000));
+    let h = ingress
+        .signer
+        .headers_at(big.as_bytes(), now, &HeaderMap::new());
+    let r = post(h, big.into_bytes()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(r.text().await.unwrap().contains("4096"));
+    // Not JSON, and JSON without a type.
+    for (bad, needle) in [
+        ("not json", "not a JSON event"),
+        (r#"{"text":"no type"}"#, "no `type`"),
+        ("[1,2]", "not a JSON event"),
+    ] {
+        let h = ingress
+            .signer
+            .headers_at(bad.as_bytes(), now, &HeaderMap::new());
+        let r = post(h, bad.as_bytes().to_vec()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{bad}: {text}");
+    }
+    assert!(
+        stored(&nats).await.is_empty(),
+        "a rejected request must not be stored"
+    );
+
+    let metrics = ingress
+        .http
+        .get(format!("{}/metrics", ingress.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "missing_header",
+        "bad_signature",
+        "stale_timestamp",
+        "unknown_key",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "ingress_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted"
+        );
+    }
+}
+
+/// A captured signature replayed under a new request id is refused, on any replica;
+/// the identical request (same id) is a harmless duplicate.
+#[tokio::test]
+async fn replayed_signature_with_new_request_id_is_refused_across_replicas() {
+    let nats = NatsServer::start();
+    let a = TestIngress::start(&nats, &[]).await;
+    let b = TestIngress::start(&nats, &[]).await;
+    let body = message_event("user-5", "pay me");
+    let signed = a
+        .signer
+        .headers_at(body.as_bytes(), SystemClock.now_ms(), &HeaderMap::new());
+    let send = |ing: &TestIngress, id: &str| {
+        let mut h = signed.clone();
+        h.insert("x-amzn-RequestId", id.parse().unwrap());
+        // Same path on both replicas, so the same signature verifies on both.
+        ing.http
+            .post(format!("{}/khoros/events", ing.base))
+            .headers(h)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send(&a, "orig-1").await.unwrap().status().as_u16(), 202);
+    assert_eq!(
+        send(&b, "orig-1").await.unwrap().status().as_u16(),
+        202,
+        "identical request is a duplicate, not an attack"
+    );
+    assert_eq!(send(&b, "replay-2").await.unwrap().status().as_u16(), 401);
+    assert_eq!(send(&a, "replay-3").await.unwrap().status().as_u16(), 401);
+    let msgs = stored(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(header(&msgs[0], headers::MSG_ID).as_deref(), Some("orig-1"));
+}
+
+/// Without `x-amzn-RequestId` the dedup id comes from the body: the same body is stored once.
+#[tokio::test]
+async fn missing_request_id_gets_a_stable_dedup_id() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[]).await;
+    let body = message_event("user-3", "no id");
+    let first = ingress.signer.headers_at(
+        body.as_bytes(),
+        SystemClock.now_ms() - 500,
+        &HeaderMap::new(),
+    );
+    let second =
+        ingress
+            .signer
+            .headers_at(body.as_bytes(), SystemClock.now_ms(), &HeaderMap::new());
+    for h in [first, second] {
+        let r = ingress
+            .http
+            .post(&ingress.url)
+            .headers(h)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    let msgs = stored(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    let id = header(&msgs[0], headers::MSG_ID).unwrap();
+    assert!(id.starts_with("body-") && id.len() == 69, "{id}");
+    assert_eq!(header(&msgs[0], headers::REQUEST_ID), None);
+}
+
+/// Unknown event types are accepted and stored on a subject of their own.
+#[tokio::test]
+async fn unknown_event_type_is_accepted_and_stored() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("PARTITIONS", "4")]).await;
+    let body = r#"{"type":"Survey.Response","coordinate":{"networkKey":"n","externalId":"e"},"author":{"id":"a"},"new":{"x":1}}"#;
+    assert_eq!(ingress.send(body, Some("unk-1")).await.0, 202);
+    let msgs = stored(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    let p = ConversationKey {
+        network: "n",
+        external_id: "e",
+        author_id: "a",
+    }
+    .partition(4);
+    assert_eq!(
+        msgs[0].subject.as_str(),
+        format!("khoros.events.survey_response.{p}")
+    );
+    assert_eq!(
+        header(&msgs[0], headers::EVENT_TYPE).as_deref(),
+        Some("survey_response")
+    );
+}
+
+/// NATS down: 503 (never 202); NATS back: 202 again without restarting the ingress,
+/// and every event that got a 202 is in the stream.
+#[tokio::test]
+async fn nats_outage_gives_503_then_recovers_without_restart() {
+    let mut nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[]).await;
+    assert_eq!(
+        ingress
+            .send(&message_event("u", "before"), Some("before-1"))
+            .await
+            .0,
+        202
+    );
+
+    nats.stop();
+    let (status, text) = ingress
+        .send(&message_event("u", "during"), Some("during-1"))
+        .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("unavailable"), "{text}");
+
+    nats.restart();
+    let mut accepted = vec!["before-1".to_string()];
+    let mut n = 0;
+    wait::until(
+        Duration::from_secs(20),
+        "ingress to accept again after NATS restart",
+        || {
+            n += 1;
+            let id = format!("after-{n}");
+            let ingress = &ingress;
+            async move {
+                let (status, _) = ingress.send(&message_event("u", "after"), Some(&id)).await;
+                assert!(
+                    status == 202 || status == 503,
+                    "only 202 or 503 while recovering, got {status}"
+                );
+                (status == 202).then_some(id)
+            }
+        },
+    )
+    .await;
+    accepted.push(format!("after-{n}"));
+    let ids: Vec<String> = stored(&nats)
+        .await
+        .iter()
+        .filter_map(|m| header(m, headers::MSG_ID))
+        .collect();
+    for id in &accepted {
+        assert!(ids.contains(id), "{id} got 202 but is not stored: {ids:?}");
+    }
+    ingress.stop().await;
+}
+
+/// The x-amzn-RequestId must be sane; a malformed one is a 400, not a crash.
+#[tokio::test]
+async fn oversized_request_id_is_a_bad_request() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[]).await;
+    let long = "r".repeat(300);
+    let (status, text) = ingress.send(&message_event("u", "x"), Some(&long)).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("x-amzn-RequestId"), "{text}");
+    let _ = HMAC_KEY;
+}
