@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::config::IngressConfig;
 use crate::error::IngressError;
 use crate::intake::{Backend, Intake, RawRequest};
+use crate::kore_callback::{self, CallbackAuth};
 use crate::publish::Publisher;
 use crate::replay::ReplayGuard;
 use crate::telemetry;
@@ -31,6 +32,8 @@ struct AppState {
     js: jetstream::Context,
     backend: Arc<OnceLock<Backend>>,
     max_body_bytes: usize,
+    kore_callback: Option<CallbackAuth>,
+    partitions: u32,
 }
 
 /// A built ingress: listeners bound, NATS connecting, topology being ensured in the background.
@@ -79,9 +82,12 @@ impl App {
             js,
             backend,
             max_body_bytes: config.max_body_bytes,
+            kore_callback: config.kore_callback.clone(),
+            partitions: config.topology.partitions,
         };
         let router = Router::new()
             .route(&config.events_path, post(receive_event))
+            .route(&config.kore_callback_path, post(receive_kore_delivery))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(shared::telemetry::render))
@@ -277,4 +283,59 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, IngressErro
             IngressError::BadRequest(format!("could not read body: {e}"))
         }
     })
+}
+
+/// Kore.ai's asynchronous delivery: authenticate with the channel token, store, answer 200.
+async fn receive_kore_delivery(State(state): State<AppState>, request: Request) -> Response {
+    let received_at_ms = shared::auth::Clock::now_ms(&shared::auth::SystemClock);
+    let result = async {
+        let Some(auth) = &state.kore_callback else {
+            return Err((StatusCode::NOT_FOUND, "kore callback is not enabled"));
+        };
+        if let Err(reason) = auth.verify(request.headers()) {
+            tracing::warn!(
+                reason = reason.reason(),
+                "kore.ai callback authentication failed"
+            );
+            metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason.reason()).increment(1);
+            return Err((StatusCode::UNAUTHORIZED, "unauthorized"));
+        }
+        let body = read_body(request.into_body(), state.max_body_bytes)
+            .await
+            .map_err(|e| (e.status(), "body too large or unreadable"))?;
+        let backend = state
+            .backend
+            .get()
+            .ok_or((StatusCode::SERVICE_UNAVAILABLE, "event store unavailable"))?;
+        match kore_callback::store(&backend.publisher, state.partitions, body, received_at_ms).await
+        {
+            Ok(_) => Ok(()),
+            Err(IngressError::BadRequest(_)) => {
+                Err((StatusCode::BAD_REQUEST, "body is not a JSON object"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "kore.ai delivery not stored");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "event store unavailable, retry later",
+                ))
+            }
+        }
+    }
+    .await;
+    let (status, outcome, message) = match result {
+        Ok(()) => (StatusCode::OK, "stored", "ok"),
+        Err((status, message)) => (
+            status,
+            status.canonical_reason().unwrap_or("error"),
+            message,
+        ),
+    };
+    metrics::counter!(telemetry::KORE_CALLBACKS, "outcome" => outcome.to_ascii_lowercase().replace(' ', "_")).increment(1);
+    let body = if status == StatusCode::OK {
+        serde_json::json!({ "status": "ok" })
+    } else {
+        serde_json::json!({ "error": message })
+    };
+    (status, Json(body)).into_response()
 }

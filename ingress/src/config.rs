@@ -8,6 +8,8 @@ use shared::auth::{Authenticator, BasicVerifier, Clock, HmacKeys, HmacVerifier, 
 use shared::config::{ConfigError, Env, NatsConfig};
 use shared::topology::TopologyConfig;
 
+use crate::kore_callback::CallbackAuth;
+
 /// Everything the ingress needs; see the README's configuration table.
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
@@ -25,6 +27,11 @@ pub struct IngressConfig {
     pub publish_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT`: how long in-flight requests may take after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `KORE_CALLBACK_TOKEN` (+`_FILE`) and `KORE_CALLBACK_HEADER`: enables `/kore/callback`
+    /// for Kore.ai's asynchronous mode; absent means the route answers 404.
+    pub kore_callback: Option<CallbackAuth>,
+    /// `KORE_CALLBACK_PATH`.
+    pub kore_callback_path: String,
     pub nats: NatsConfig,
     pub topology: TopologyConfig,
 }
@@ -82,6 +89,15 @@ impl IngressConfig {
             max_body_bytes: env.parse("MAX_BODY_BYTES", 1024 * 1024)?,
             publish_timeout: env.duration("PUBLISH_TIMEOUT", Duration::from_secs(2))?,
             shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?,
+            kore_callback: env
+                .secret("KORE_CALLBACK_TOKEN")?
+                .map(|token| CallbackAuth {
+                    token,
+                    header: env
+                        .string("KORE_CALLBACK_HEADER", "authorization")
+                        .to_ascii_lowercase(),
+                }),
+            kore_callback_path: env.string("KORE_CALLBACK_PATH", "/kore/callback"),
             nats: NatsConfig::from_env(env, "ingress")?,
             topology,
         })

@@ -8,6 +8,7 @@
 //! - [`config`]: `IngressConfig` from the environment.
 //! - [`app`]: `App::build` / `run_until_stopped`, the router and readiness.
 //! - [`intake`]: the request pipeline, from raw request to stored event.
+//! - [`kore_callback`]: `/kore/callback`, Kore.ai's asynchronous deliveries into `KORE_REPLIES`.
 //! - [`replay`]: the JetStream-backed guard against signatures replayed under a new request id.
 //! - [`publish`]: publishing with a PubAck deadline.
 //! - [`error`]: `IngressError`, the one mapping from failure to status code.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod intake;
+pub mod kore_callback;
 pub mod publish;
 pub mod replay;
 pub mod telemetry;

@@ -12,3 +12,5 @@ pub const DUPLICATES: &str = "ingress_duplicates_total";
 pub const AUTH_FAILURES: &str = "ingress_auth_failures_total";
 /// Counter, label `type`: events stored, by event type token.
 pub const EVENTS_STORED: &str = "ingress_events_stored_total";
+/// Counter, label `outcome`: Kore.ai asynchronous deliveries (stored, unauthorized, ...).
+pub const KORE_CALLBACKS: &str = "ingress_kore_callbacks_total";

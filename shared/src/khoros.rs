@@ -26,6 +26,7 @@ pub struct KhorosApi {
 #[serde(rename_all = "camelCase")]
 pub struct TokenGrant {
     pub token: String,
+    #[serde(rename = "expiresAtMillis", alias = "expiresAtMs")]
     pub expires_at_ms: i64,
 }
 
@@ -197,4 +198,26 @@ pub fn encode(segment: &str) -> String {
         }
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grant_reads_the_documented_field_and_the_old_spelling() {
+        for body in [
+            r#"{"token":"t","expiresAtMillis":1723327200000}"#,
+            r#"{"token":"t","expiresAtMs":1723327200000}"#,
+        ] {
+            let grant: TokenGrant = serde_json::from_str(body).unwrap();
+            assert_eq!(grant.expires_at_ms, 1_723_327_200_000);
+        }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode("urn:mbid:AQ/+="), "urn%3Ambid%3AAQ%2F%2B%3D");
+        assert_eq!(encode("kore-bridge"), "kore-bridge");
+    }
 }

@@ -4,8 +4,12 @@
 //! # Layout
 //! - [`nats_server`]: starts `nats-server -js` on a free port with a temp store; stop, restart, kill on drop.
 //! - [`wait`]: bounded waits on a condition, with a clear message on timeout.
+//! - [`khoros_sim`]: the Khoros Bot API v3 gateway, conversation model and event sender.
+//! - [`kore_sim`]: the Kore.ai Webhook channel with a scriptable bot.
 //! - [`sign`]: builds Khoros-signed webhook requests (HMAC v2 or Basic) for tests and tools.
 
+pub mod khoros_sim;
+pub mod kore_sim;
 pub mod nats_server;
 pub mod sign;
 pub mod wait;

@@ -157,3 +157,88 @@ pub fn message_event(author: &str, text: &str) -> String {
     })
     .to_string()
 }
+
+/// A worker on port 0 against the test's nats-server and the given simulators.
+pub struct TestWorker {
+    pub base: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// The worker settings every test shares; `extra` overrides.
+pub fn worker_env(
+    nats: &NatsServer,
+    khoros_url: &str,
+    kore_url: &str,
+    extra: &[(&str, &str)],
+) -> Env {
+    let mut vars: Vec<(String, String)> = vec![
+        ("NATS_URL".into(), nats.url()),
+        ("KHOROS_APP_ID".into(), "kore-bridge".into()),
+        ("KHOROS_API_URL".into(), khoros_url.into()),
+        ("KHOROS_TOKEN".into(), TEST_TOKEN.into()),
+        ("KORE_URL".into(), kore_url.into()),
+        ("KORE_BOT_ID".into(), KORE_BOT_ID.into()),
+        ("KORE_CLIENT_ID".into(), KORE_CLIENT_ID.into()),
+        ("KORE_CLIENT_SECRET".into(), KORE_CLIENT_SECRET.into()),
+        ("ACK_WAIT".into(), "5s".into()),
+        ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
+        ("PARTITIONS".into(), "4".into()),
+        ("KHOROS_RETRY_MIN_DELAY".into(), "20ms".into()),
+        ("KHOROS_RETRY_MAX_DELAY".into(), "100ms".into()),
+        ("KORE_RETRY_MIN_DELAY".into(), "20ms".into()),
+        ("KORE_RETRY_MAX_DELAY".into(), "100ms".into()),
+    ];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Env::from_pairs(vars)
+}
+
+pub const TEST_TOKEN: &str = "khoros-test-token-0001";
+pub const KORE_BOT_ID: &str = "st-11111111-2222-3333-4444-555555555555";
+pub const KORE_CLIENT_ID: &str = "cs-00000000-test-app";
+pub const KORE_CLIENT_SECRET: &str = "kore-test-client-secret-123";
+
+impl TestWorker {
+    pub async fn start(env: &Env) -> Self {
+        LazyLock::force(&TRACING);
+        let config = worker::WorkerConfig::from_env(env).expect("valid worker config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = worker::App::build_with(config, listener, None)
+            .await
+            .expect("build worker");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Self {
+            base,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop: finish or give back in-flight events.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("clean shutdown");
+        }
+    }
+
+    /// A crash: every task of the worker is dropped mid-flight, nothing is acknowledged.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -2,3 +2,8 @@
 
 mod helpers;
 mod ingress;
+mod khoros_sim;
+mod kore_sim;
+mod scheduler;
+mod stack;
+mod worker;

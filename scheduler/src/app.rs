@@ -1,0 +1,191 @@
+//! `App`: binds the listeners, connects to NATS and supervises the scheduler's tasks (health
+//! router, metrics listener, rotation service, JetStream sampler) until shutdown.
+
+use std::net::SocketAddr;
+
+use async_nats::jetstream;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use shared::topology;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SchedulerConfig;
+use crate::jetstream_metrics::Sampler;
+use crate::lease::Leadership;
+use crate::service::{self, Status};
+
+/// State of the health routes.
+#[derive(Clone)]
+struct HealthState {
+    client: async_nats::Client,
+    status: Status,
+    scheduler_id: String,
+}
+
+/// A built scheduler: listeners bound, NATS connecting; nothing runs before
+/// [`App::run_until_stopped`].
+pub struct App {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    router: Router,
+    config: SchedulerConfig,
+    client: async_nats::Client,
+    status: Status,
+    leadership: tokio::sync::watch::Sender<Option<std::time::Instant>>,
+}
+
+/// What one supervised task returned.
+type TaskExit = (&'static str, Result<(), String>);
+
+impl App {
+    /// Binds `SCHEDULER_LISTEN` and `METRICS_LISTEN` and connects to NATS.
+    pub async fn build(config: SchedulerConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen).await?;
+        Self::build_with(config, listener, Some(metrics_listener)).await
+    }
+
+    /// Uses listeners the caller bound (tests bind `127.0.0.1:0` and skip the metrics one).
+    pub async fn build_with(
+        config: SchedulerConfig,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+    ) -> anyhow::Result<Self> {
+        shared::telemetry::metrics_handle();
+        let client = topology::connect(&config.nats).await?;
+        let (leadership, watcher) = Leadership::channel();
+        let status = Status::new(watcher);
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(shared::telemetry::render))
+            .with_state(HealthState {
+                client: client.clone(),
+                status: status.clone(),
+                scheduler_id: config.scheduler_id.clone(),
+            });
+        Ok(Self {
+            listener,
+            metrics_listener,
+            router,
+            config,
+            client,
+            status,
+            leadership,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Readiness, leadership and progress, for tests and embedding.
+    pub fn status(&self) -> Status {
+        self.status.clone()
+    }
+
+    /// Runs every task until `shutdown` fires (or one of them dies), then lets a rotation in
+    /// flight finish and the lease be released, within `SHUTDOWN_TIMEOUT`.
+    ///
+    /// Dropping the returned future aborts every task without releasing the lease, as a crash
+    /// would.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let stop = shutdown.child_token();
+        let mut tasks: JoinSet<TaskExit> = JoinSet::new();
+        tracing::info!(addr = %self.local_addr(), scheduler_id = %self.config.scheduler_id, "scheduler listening");
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        tasks.spawn(async move { ("health", server.await.map_err(|e| e.to_string())) });
+        if let Some(listener) = self.metrics_listener {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let result = shared::telemetry::serve_metrics(listener, stop).await;
+                ("metrics", result.map_err(|e| e.to_string()))
+            });
+        }
+        let js = jetstream::new(self.client.clone());
+        if !self.config.metrics_interval.is_zero() {
+            let (sampler, interval, stop) = (
+                Sampler::new(js.clone()),
+                self.config.metrics_interval,
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                sampler.run(interval, stop).await;
+                ("jetstream-metrics", Ok(()))
+            });
+        }
+        let shutdown_timeout = self.config.shutdown_timeout;
+        let service = service::run(
+            self.config,
+            js,
+            self.status.clone(),
+            self.leadership,
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            service.await;
+            ("rotation", Ok(()))
+        });
+
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(exit) = tasks.join_next() => {
+                report_exit(exit, true);
+                stop.cancel();
+            }
+        }
+        let drain = async {
+            while let Some(exit) = tasks.join_next().await {
+                report_exit(exit, false);
+            }
+        };
+        if tokio::time::timeout(shutdown_timeout, drain).await.is_err() {
+            tracing::warn!("tasks did not stop within the shutdown timeout; aborting them");
+            tasks.abort_all();
+        }
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "nats flush at shutdown failed");
+        }
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+}
+
+/// Logs which task ended and why; `early` when it ended before shutdown was asked for.
+fn report_exit(exit: Result<TaskExit, tokio::task::JoinError>, early: bool) {
+    match exit {
+        Ok((task, Ok(()))) if early => tracing::error!(task, "task stopped unexpectedly"),
+        Ok((task, Ok(()))) => tracing::debug!(task, "task stopped"),
+        Ok((task, Err(error))) => tracing::error!(task, %error, "task failed"),
+        Err(error) => tracing::error!(%error, "task panicked or was aborted"),
+    }
+}
+
+async fn readyz(State(state): State<HealthState>) -> Response {
+    let connected = state.client.connection_state() == async_nats::connection::State::Connected;
+    let ready = connected && state.status.is_ready();
+    let body = Json(serde_json::json!({
+        "nats_connected": connected,
+        "topology": state.status.is_ready(),
+        "leader": state.status.is_leader(),
+        "scheduler_id": state.scheduler_id,
+    }));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}

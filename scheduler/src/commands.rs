@@ -1,0 +1,277 @@
+//! Operator commands of the `scheduler` binary: `rotate-now` and `token-status`.
+//!
+//! They talk to NATS and Khoros directly, with the service's configuration, and go through
+//! the same fences as the service (a rotation claimed by a running scheduler is never
+//! doubled). They open the buckets but never create them: the service does that at start-up.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use shared::token::TokenRecord;
+
+use crate::config::SchedulerConfig;
+use crate::kv::{KvError, Versioned};
+use crate::lease::{Lease, LeaseRecord};
+use crate::rotation::{CheckOutcome, RotationReport, RotationState, Rotator};
+use crate::schedule::Decision;
+use crate::service::Stores;
+use shared::khoros::KhorosApi;
+
+/// How long a command waits for NATS before giving up.
+const NATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Usage text of the binary.
+pub const USAGE: &str = "usage: scheduler [serve | rotate-now | token-status]
+  serve         run the service (default)
+  rotate-now    rotate the Bot API token once, print the result as JSON, exit 1 on failure
+  token-status  print the token's expiry, age, last rotation and lease holder as JSON";
+
+/// What the binary was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    RotateNow,
+    TokenStatus,
+}
+
+impl Command {
+    /// Parses the arguments after the program name.
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
+        let args: Vec<String> = args.into_iter().collect();
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] | ["serve"] => Ok(Command::Serve),
+            ["rotate-now"] => Ok(Command::RotateNow),
+            ["token-status"] => Ok(Command::TokenStatus),
+            _ => Err(format!("unknown arguments {args:?}\n{USAGE}")),
+        }
+    }
+}
+
+/// Why a command could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("no Bot API token in KV and none configured (KHOROS_TOKEN or KHOROS_TOKEN_FILE)")]
+    NoToken,
+    #[error("scheduler {holder} is rotating the token right now; try again in a minute")]
+    Busy { holder: String },
+}
+
+/// Connects and opens the buckets, within [`NATS_TIMEOUT`].
+async fn open(config: &SchedulerConfig) -> Result<Stores, CommandError> {
+    let attempt = async {
+        let client = shared::topology::connect(&config.nats)
+            .await
+            .map_err(|e| e.to_string())?;
+        Stores::open(&async_nats::jetstream::new(client)).await
+    };
+    tokio::time::timeout(NATS_TIMEOUT, attempt)
+        .await
+        .map_err(|_| CommandError::Nats(format!("no answer from {} in time", config.nats.url)))?
+        .map_err(|e| {
+            CommandError::Nats(format!(
+                "{e} (buckets are created by the scheduler service at start-up)"
+            ))
+        })
+}
+
+fn rotator(config: &SchedulerConfig, stores: &Stores, holder: String) -> Rotator {
+    Rotator::new(
+        stores.tokens.clone(),
+        KhorosApi::new(&config.khoros_api_url, config.khoros_timeout),
+        config.app_id.clone(),
+        config.retry,
+        config.schedule,
+        holder,
+        config.clock.clone(),
+    )
+}
+
+/// Rotates once, now, whatever the schedule says (seeding `KHOROS_TOKEN` first if KV has
+/// none). A report is returned for failures from Khoros too; the caller checks its status.
+pub async fn rotate_now(config: &SchedulerConfig) -> Result<RotationReport, CommandError> {
+    let stores = open(config).await?;
+    let rotator = rotator(
+        config,
+        &stores,
+        format!("rotate-now:{}", config.scheduler_id),
+    );
+    rotator
+        .seed_if_absent(config.seed_token.as_ref(), config.seed_expires_at_ms)
+        .await?;
+    match rotator.check(true).await? {
+        CheckOutcome::Attempted(report) => Ok(report),
+        CheckOutcome::Idle(Decision::InProgress { holder }) => Err(CommandError::Busy { holder }),
+        CheckOutcome::Idle(_) => Err(CommandError::NoToken),
+    }
+}
+
+/// What `token-status` prints. The token itself is never part of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenStatus {
+    pub now_ms: i64,
+    pub token: Option<TokenView>,
+    pub last_rotation: Option<RotationState>,
+    pub lease: Option<LeaseView>,
+}
+
+/// The stored token, without the token.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenView {
+    /// `seed` or `rotation`.
+    pub source: String,
+    /// KV revision of the record.
+    pub revision: u64,
+    pub rotated_at_ms: i64,
+    pub rotated_at: String,
+    pub age_seconds: i64,
+    /// 0 when unknown.
+    pub expires_at_ms: i64,
+    pub expires_at: Option<String>,
+    pub expires_in_seconds: Option<i64>,
+    pub next_rotation_at_ms: i64,
+    pub next_rotation_at: String,
+}
+
+/// The rotation lease as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseView {
+    pub holder: String,
+    pub acquired_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// Whether the holder renewed it recently enough to still hold it.
+    pub live: bool,
+}
+
+/// Reads the token record, the last attempt and the lease.
+pub async fn token_status(config: &SchedulerConfig) -> Result<TokenStatus, CommandError> {
+    let stores = open(config).await?;
+    let snapshot = rotator(config, &stores, config.scheduler_id.clone())
+        .snapshot()
+        .await?;
+    let lease = Lease::current(&stores.leases).await?;
+    Ok(describe(
+        config,
+        config.clock.now_ms(),
+        snapshot.token,
+        snapshot.last.map(|l| l.value),
+        lease.map(|l| l.value),
+    ))
+}
+
+fn describe(
+    config: &SchedulerConfig,
+    now_ms: i64,
+    token: Option<Versioned<TokenRecord>>,
+    last_rotation: Option<RotationState>,
+    lease: Option<LeaseRecord>,
+) -> TokenStatus {
+    let token = token.map(|t| {
+        let next = config.schedule.due_at_ms(&t.value);
+        let known = (t.value.expires_at_ms > 0).then_some(t.value.expires_at_ms);
+        TokenView {
+            source: t.value.source,
+            revision: t.revision,
+            rotated_at_ms: t.value.rotated_at_ms,
+            rotated_at: rfc3339(t.value.rotated_at_ms),
+            age_seconds: (now_ms - t.value.rotated_at_ms) / 1000,
+            expires_at_ms: t.value.expires_at_ms,
+            expires_at: known.map(rfc3339),
+            expires_in_seconds: known.map(|e| (e - now_ms) / 1000),
+            next_rotation_at_ms: next,
+            next_rotation_at: rfc3339(next),
+        }
+    });
+    TokenStatus {
+        now_ms,
+        token,
+        last_rotation,
+        lease: lease.map(|l| LeaseView {
+            live: l.is_live(now_ms),
+            holder: l.holder,
+            acquired_at_ms: l.acquired_at_ms,
+            expires_at_ms: l.expires_at_ms,
+        }),
+    }
+}
+
+/// Epoch milliseconds as RFC 3339 UTC, e.g. `2024-05-12T22:00:00.000Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::config::Env;
+
+    #[test]
+    fn commands_parse() {
+        let parse = |a: &[&str]| Command::parse(a.iter().map(|s| s.to_string()));
+        assert_eq!(parse(&[]), Ok(Command::Serve));
+        assert_eq!(parse(&["serve"]), Ok(Command::Serve));
+        assert_eq!(parse(&["rotate-now"]), Ok(Command::RotateNow));
+        assert_eq!(parse(&["token-status"]), Ok(Command::TokenStatus));
+        assert!(parse(&["rotate"]).unwrap_err().contains("usage"));
+    }
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_715_551_200_000), "2024-05-12T22:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn the_status_never_contains_the_token() {
+        let config =
+            SchedulerConfig::from_env(&Env::from_pairs([("KHOROS_APP_ID", "bot")])).unwrap();
+        let token = Versioned {
+            value: TokenRecord {
+                token: "very-secret-jwt".into(),
+                expires_at_ms: 1_000_000 + 90 * 86_400_000,
+                rotated_at_ms: 1_000_000,
+                source: "rotation".into(),
+            },
+            revision: 7,
+        };
+        let lease = LeaseRecord {
+            holder: "a".into(),
+            acquired_at_ms: 0,
+            expires_at_ms: 1_000_500,
+        };
+        let status = describe(&config, 1_001_000, Some(token), None, Some(lease));
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(!json.contains("very-secret-jwt"), "{json}");
+        let view = status.token.unwrap();
+        assert_eq!(view.age_seconds, 1);
+        assert_eq!(view.expires_in_seconds, Some(90 * 86_400 - 1));
+        assert_eq!(view.next_rotation_at_ms, 1_000_000 + 7 * 86_400_000);
+        assert!(!status.lease.unwrap().live);
+    }
+}

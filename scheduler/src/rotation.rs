@@ -1,0 +1,494 @@
+//! The token record's life: seeding the first token, deciding (through [`crate::schedule`]),
+//! and rotating it exactly once per period.
+//!
+//! # How two schedulers never rotate the same token
+//! Besides the lease, every attempt is fenced in KV. The record of the last attempt
+//! ([`RotationState`], key [`STATE_KEY`] in the tokens bucket) names the token revision it
+//! started from. An attempt (1) reads that record, then the token; (2) claims the rotation by
+//! writing an `in_progress` record with compare-and-set on the record it read; only then
+//! (3) calls Khoros; and (4) writes the new token with compare-and-set on the token revision
+//! it read. A scheduler that read before the claim loses step 2; one that reads after it sees
+//! the claim (or the new token) and waits. So Khoros sees at most one refresh per token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Store;
+use serde::{Deserialize, Serialize};
+use shared::auth::Clock;
+use shared::retry::{retry, RetryClass, RetryPolicy};
+use shared::token::{TokenRecord, TOKEN_KEY};
+use shared::upstream::{self, UpstreamError};
+use shared::Secret;
+
+use crate::kv::{self, KvError, Versioned};
+use crate::schedule::{Decision, Reason, SchedulePolicy};
+use crate::telemetry;
+use shared::khoros::KhorosApi;
+
+/// Key of the last attempt's record, in the tokens bucket next to the token itself
+/// (workers watch only [`TOKEN_KEY`], so writing this one does not wake them).
+pub const STATE_KEY: &str = "scheduler.rotation-state";
+
+/// How an attempt ended (`in_progress` while it runs); also the `result` label of
+/// `scheduler_rotations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    InProgress,
+    Success,
+    /// 4xx from Khoros: not retried, the current token is kept.
+    ClientError,
+    /// 5xx or 429 after every retry, or a 2xx whose body could not be read.
+    ServerError,
+    /// Timeouts or connection errors after every retry.
+    TransportError,
+    /// Another scheduler claimed or rotated first.
+    Conflict,
+    /// NATS failed to store the claim or the new token.
+    StoreError,
+}
+
+impl AttemptStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptStatus::InProgress => "in_progress",
+            AttemptStatus::Success => "success",
+            AttemptStatus::ClientError => "client_error",
+            AttemptStatus::ServerError => "server_error",
+            AttemptStatus::TransportError => "transport_error",
+            AttemptStatus::Conflict => "conflict",
+            AttemptStatus::StoreError => "store_error",
+        }
+    }
+
+    /// Khoros refused or stayed unreachable: wait `retry_after_failure` before the next try.
+    /// (A store error is not one: the stored token may be in its last 10 minutes.)
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::ClientError | AttemptStatus::ServerError | AttemptStatus::TransportError
+        )
+    }
+
+    /// The final status of a refresh that failed after the retry policy was applied.
+    pub fn of(error: &UpstreamError) -> Self {
+        match error {
+            UpstreamError::Status { status, .. } if upstream::transient(*status) => {
+                AttemptStatus::ServerError
+            }
+            UpstreamError::Status { .. } => AttemptStatus::ClientError,
+            UpstreamError::Timeout { .. } | UpstreamError::Connect { .. } => {
+                AttemptStatus::TransportError
+            }
+            UpstreamError::Decode { .. } => AttemptStatus::ServerError,
+        }
+    }
+}
+
+/// The record of the last rotation attempt, shared by every replica and `token-status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RotationState {
+    /// Revision of the token record the attempt started from: the claim's fence.
+    pub base_revision: u64,
+    /// `SCHEDULER_ID` of the scheduler (or `rotate-now`) that made the attempt.
+    pub holder: String,
+    pub status: AttemptStatus,
+    pub reason: Reason,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// What went wrong (Khoros' status and body excerpt; never a token).
+    pub error: Option<String>,
+    /// When a rotation last succeeded, carried from attempt to attempt.
+    pub last_success_at_ms: Option<i64>,
+    /// Retries of the refresh call after its first attempt.
+    #[serde(default)]
+    pub retries: usize,
+}
+
+/// What KV holds, read in fence order: the attempt record first, then the token.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub last: Option<Versioned<RotationState>>,
+    pub token: Option<Versioned<TokenRecord>>,
+}
+
+/// The result of one attempt, as logged, counted and printed by `rotate-now`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RotationReport {
+    pub status: AttemptStatus,
+    pub reason: Reason,
+    /// Expiry of the new token (success only).
+    pub expires_at_ms: Option<i64>,
+    pub error: Option<String>,
+    /// Retries of the refresh call after its first attempt.
+    pub retries: usize,
+}
+
+/// What [`Rotator::check`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckOutcome {
+    /// Nothing to do now.
+    Idle(Decision),
+    /// A rotation was attempted.
+    Attempted(RotationReport),
+}
+
+/// Rotates the token of one app when due. Cheap to clone.
+#[derive(Clone)]
+pub struct Rotator {
+    /// The `bridge_tokens` bucket.
+    tokens: Store,
+    api: KhorosApi,
+    app_id: String,
+    retry: RetryPolicy,
+    schedule: SchedulePolicy,
+    /// Written into claims, so `token-status` says who rotated.
+    holder: String,
+    clock: Arc<dyn Clock>,
+}
+
+/// How hard to retry a KV write that carries a fresh token (losing it costs the token).
+const STORE_RETRY: RetryPolicy = RetryPolicy {
+    max_retries: 6,
+    min_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    max_elapsed: Duration::from_secs(10),
+};
+
+impl RetryClass for KvError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, KvError::Nats { .. })
+    }
+}
+
+impl Rotator {
+    pub fn new(
+        tokens: Store,
+        api: KhorosApi,
+        app_id: String,
+        retry: RetryPolicy,
+        schedule: SchedulePolicy,
+        holder: String,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            tokens,
+            api,
+            app_id,
+            retry,
+            schedule,
+            holder,
+            clock,
+        }
+    }
+
+    pub fn schedule(&self) -> &SchedulePolicy {
+        &self.schedule
+    }
+
+    /// Writes the configured token when KV has none; `true` when it did.
+    pub async fn seed_if_absent(
+        &self,
+        seed: Option<&Secret>,
+        expires_at_ms: i64,
+    ) -> Result<bool, KvError> {
+        let Some(seed) = seed else { return Ok(false) };
+        let record = TokenRecord {
+            token: seed.expose().to_string(),
+            expires_at_ms,
+            rotated_at_ms: self.clock.now_ms(),
+            source: "seed".into(),
+        };
+        match kv::write(&self.tokens, TOKEN_KEY, &record, None).await {
+            Ok(revision) => {
+                tracing::info!(
+                    revision,
+                    expires_at_ms,
+                    "seeded the Bot API token from configuration"
+                );
+                Ok(true)
+            }
+            Err(KvError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the attempt record, then the token (the order the fence relies on).
+    pub async fn snapshot(&self) -> Result<Snapshot, KvError> {
+        let last = kv::read::<RotationState>(&self.tokens, STATE_KEY).await?;
+        let token = kv::read::<TokenRecord>(&self.tokens, TOKEN_KEY).await?;
+        Ok(Snapshot { last, token })
+    }
+
+    /// Updates the token gauges from KV without rotating (replicas that do not lead).
+    pub async fn observe(&self) -> Result<Snapshot, KvError> {
+        let snapshot = self.snapshot().await?;
+        record_token_gauges(&snapshot, self.clock.now_ms(), &self.schedule);
+        Ok(snapshot)
+    }
+
+    /// Rotates if due (or if `force`), respecting other schedulers' claims.
+    pub async fn check(&self, force: bool) -> Result<CheckOutcome, KvError> {
+        let snapshot = self.observe().await?;
+        let decision = self.schedule.decide(
+            snapshot.token.as_ref().map(|t| (&t.value, t.revision)),
+            snapshot.last.as_ref().map(|l| &l.value),
+            self.clock.now_ms(),
+            force,
+        );
+        match decision {
+            Decision::Rotate(reason) => {
+                Ok(CheckOutcome::Attempted(self.rotate(snapshot, reason).await))
+            }
+            other => Ok(CheckOutcome::Idle(other)),
+        }
+    }
+
+    async fn rotate(&self, snapshot: Snapshot, reason: Reason) -> RotationReport {
+        let Some(token) = snapshot.token else {
+            unreachable!("decide() only rotates a stored token");
+        };
+        let previous_success = snapshot
+            .last
+            .as_ref()
+            .and_then(|l| l.value.last_success_at_ms);
+        let mut state = RotationState {
+            base_revision: token.revision,
+            holder: self.holder.clone(),
+            status: AttemptStatus::InProgress,
+            reason,
+            started_at_ms: self.clock.now_ms(),
+            finished_at_ms: None,
+            error: None,
+            last_success_at_ms: previous_success,
+            retries: 0,
+        };
+        let report = |status, expires_at_ms, error: Option<String>, retries| RotationReport {
+            status,
+            reason,
+            expires_at_ms,
+            error,
+            retries,
+        };
+
+        // (2) Claim.
+        let expected = snapshot.last.as_ref().map(|l| l.revision);
+        let claim_revision = match kv::write(&self.tokens, STATE_KEY, &state, expected).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                let status = match e {
+                    KvError::Conflict { .. } => AttemptStatus::Conflict,
+                    _ => AttemptStatus::StoreError,
+                };
+                let r = report(status, None, Some(e.to_string()), 0);
+                finish_log(&r, token.revision);
+                return r;
+            }
+        };
+
+        // (3) Refresh, retrying only what can succeed.
+        tracing::info!(
+            reason = reason.label(),
+            base_revision = token.revision,
+            "rotating the Bot API token"
+        );
+        let current = token.value.secret();
+        let mut retries = 0;
+        let result = retry(
+            self.retry,
+            || self.api.refresh_token(&current, &self.app_id),
+            |e: &UpstreamError, wait| {
+                retries += 1;
+                upstream::count_retry("khoros", "tokens");
+                tracing::warn!(error = %e, retry_in = ?wait, "token refresh failed, retrying");
+            },
+        )
+        .await;
+
+        // (4) Store the new token, fenced on the revision it replaces.
+        let r = match result {
+            Ok(grant) => {
+                let now = self.clock.now_ms();
+                let record = TokenRecord {
+                    token: grant.token,
+                    expires_at_ms: grant.expires_at_ms,
+                    rotated_at_ms: now,
+                    source: "rotation".into(),
+                };
+                let stored = retry(
+                    STORE_RETRY,
+                    || kv::write(&self.tokens, TOKEN_KEY, &record, Some(token.revision)),
+                    |e: &KvError, wait| {
+                        tracing::warn!(error = %e, retry_in = ?wait, "storing the new token failed, retrying");
+                    },
+                )
+                .await;
+                match stored {
+                    Ok(revision) => {
+                        state.last_success_at_ms = Some(now);
+                        if self.schedule.due_at_ms(&record) <= now {
+                            tracing::warn!(
+                                expires_at_ms = record.expires_at_ms,
+                                "the new token already expires within TOKEN_EXPIRY_MARGIN; \
+                                 the margin is longer than the token's life"
+                            );
+                        }
+                        record_token_gauges(
+                            &Snapshot {
+                                last: None,
+                                token: Some(Versioned {
+                                    value: record.clone(),
+                                    revision,
+                                }),
+                            },
+                            now,
+                            &self.schedule,
+                        );
+                        report(
+                            AttemptStatus::Success,
+                            Some(record.expires_at_ms),
+                            None,
+                            retries,
+                        )
+                    }
+                    Err(e @ KvError::Conflict { .. }) => report(
+                        AttemptStatus::Conflict,
+                        None,
+                        Some(format!("new token discarded: {e}")),
+                        retries,
+                    ),
+                    Err(e) => report(
+                        AttemptStatus::StoreError,
+                        None,
+                        Some(format!(
+                            "new token could not be stored (the old one works 10 more minutes): {e}"
+                        )),
+                        retries,
+                    ),
+                }
+            }
+            Err(e) => report(AttemptStatus::of(&e), None, Some(e.to_string()), retries),
+        };
+
+        state.status = r.status;
+        state.finished_at_ms = Some(self.clock.now_ms());
+        state.error.clone_from(&r.error);
+        state.retries = r.retries;
+        if let Err(e) = kv::write(&self.tokens, STATE_KEY, &state, Some(claim_revision)).await {
+            tracing::warn!(error = %e, "could not record the rotation result");
+        }
+        finish_log(&r, token.revision);
+        r
+    }
+}
+
+/// Logs and counts the end of an attempt.
+fn finish_log(r: &RotationReport, base_revision: u64) {
+    metrics::counter!(telemetry::ROTATIONS, "result" => r.status.label()).increment(1);
+    let error = r.error.as_deref().unwrap_or("");
+    let (reason, status) = (r.reason.label(), r.status.label());
+    match r.status {
+        AttemptStatus::Success => tracing::info!(
+            reason,
+            base_revision,
+            expires_at_ms = r.expires_at_ms,
+            retries = r.retries,
+            "Bot API token rotated"
+        ),
+        AttemptStatus::Conflict => tracing::warn!(
+            reason,
+            base_revision,
+            error,
+            "another scheduler is rotating this token"
+        ),
+        _ => tracing::error!(
+            reason,
+            base_revision,
+            result = status,
+            retries = r.retries,
+            error,
+            "Bot API token rotation failed; the current token is kept"
+        ),
+    }
+}
+
+/// Sets the token gauges from what KV holds.
+pub fn record_token_gauges(snapshot: &Snapshot, now_ms: i64, schedule: &SchedulePolicy) {
+    let Some(token) = snapshot.token.as_ref().map(|t| &t.value) else {
+        metrics::gauge!(telemetry::TOKEN_PRESENT).set(0.0);
+        return;
+    };
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    let last_success = snapshot
+        .last
+        .as_ref()
+        .and_then(|l| l.value.last_success_at_ms)
+        .unwrap_or(token.rotated_at_ms)
+        .max(token.rotated_at_ms);
+    metrics::gauge!(telemetry::TOKEN_PRESENT).set(1.0);
+    metrics::gauge!(telemetry::TOKEN_EXPIRY).set(secs(token.expires_at_ms.max(0)));
+    metrics::gauge!(telemetry::TOKEN_AGE).set(secs(now_ms - token.rotated_at_ms));
+    metrics::gauge!(telemetry::SINCE_LAST_ROTATION).set(secs(now_ms - last_success));
+    metrics::gauge!(telemetry::NEXT_ROTATION).set(secs(schedule.due_at_ms(token)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> UpstreamError {
+        UpstreamError::Status {
+            endpoint: "tokens",
+            status: code,
+            body: String::new(),
+            retry_after: None,
+            retryable: upstream::transient(code),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_as_the_vendor_rule_says() {
+        assert_eq!(AttemptStatus::of(&status(400)), AttemptStatus::ClientError);
+        assert_eq!(AttemptStatus::of(&status(401)), AttemptStatus::ClientError);
+        assert_eq!(AttemptStatus::of(&status(503)), AttemptStatus::ServerError);
+        assert_eq!(AttemptStatus::of(&status(429)), AttemptStatus::ServerError);
+        let timeout = UpstreamError::Timeout { endpoint: "tokens" };
+        assert_eq!(AttemptStatus::of(&timeout), AttemptStatus::TransportError);
+        // 4xx never reach a second attempt, 5xx and transport errors do.
+        assert!(!status(400).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(timeout.is_retryable());
+    }
+
+    #[test]
+    fn the_state_record_round_trips_as_snake_case_json() {
+        let state = RotationState {
+            base_revision: 3,
+            holder: "a".into(),
+            status: AttemptStatus::ClientError,
+            reason: Reason::ExpiringSoon,
+            started_at_ms: 1,
+            finished_at_ms: Some(2),
+            error: Some("tokens answered 400".into()),
+            last_success_at_ms: None,
+            retries: 1,
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["status"], "client_error");
+        assert_eq!(json["reason"], "expiring_soon");
+        assert_eq!(
+            serde_json::from_value::<RotationState>(json).unwrap(),
+            state
+        );
+    }
+
+    #[test]
+    fn only_khoros_failures_back_off() {
+        assert!(AttemptStatus::ClientError.is_failure());
+        assert!(AttemptStatus::TransportError.is_failure());
+        assert!(!AttemptStatus::StoreError.is_failure());
+        assert!(!AttemptStatus::Conflict.is_failure());
+        assert!(!AttemptStatus::Success.is_failure());
+    }
+}

@@ -1,0 +1,99 @@
+//! `Stack`: nats-server + ingress + khoros-sim (sending to the ingress) + kore-sim + workers,
+//! wired as in production, for end-to-end tests.
+
+use std::time::Duration;
+
+use bridge_tests::khoros_sim::{KhorosSim, KhorosSimConfig};
+use bridge_tests::kore_sim::{KoreSim, KoreSimConfig};
+use bridge_tests::nats_server::NatsServer;
+use bridge_tests::sign::Credentials;
+use shared::config::Env;
+use shared::Secret;
+
+use crate::helpers::{worker_env, TestIngress, TestWorker, HMAC_KEY, HMAC_SECRET, TEST_TOKEN};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub ingress: TestIngress,
+    pub khoros: KhorosSim,
+    pub kore: KoreSim,
+    pub workers: Vec<TestWorker>,
+    worker_extra: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts everything with one worker; `worker_extra` overrides worker settings,
+    /// `ingress_extra` ingress settings, `kore` the Kore.ai simulator's configuration.
+    pub async fn start(
+        worker_extra: &[(&str, &str)],
+        ingress_extra: &[(&str, &str)],
+        kore: KoreSimConfig,
+    ) -> Self {
+        let nats = NatsServer::start();
+        // The ingress and the workers must agree on the partition count.
+        let mut ingress_env = vec![("PARTITIONS", "4")];
+        ingress_env.extend_from_slice(ingress_extra);
+        let ingress = TestIngress::start(&nats, &ingress_env).await;
+        let khoros = KhorosSim::start(
+            KhorosSimConfig::default()
+                .with_token(TEST_TOKEN)
+                .with_webhook(
+                    &ingress.url,
+                    Credentials::Hmac {
+                        api_key: HMAC_KEY.into(),
+                        secret: Secret::new(HMAC_SECRET),
+                    },
+                ),
+        )
+        .await
+        .expect("start khoros-sim");
+        let kore = KoreSim::start(kore).await.expect("start kore-sim");
+        let mut stack = Self {
+            nats,
+            ingress,
+            khoros,
+            kore,
+            workers: Vec::new(),
+            worker_extra: worker_extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        stack.add_worker().await;
+        stack
+    }
+
+    pub fn worker_env(&self) -> Env {
+        let extra: Vec<(&str, &str)> = self
+            .worker_extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        worker_env(
+            &self.nats,
+            &self.khoros.base_url(),
+            &self.kore.base_url(),
+            &extra,
+        )
+    }
+
+    pub async fn add_worker(&mut self) {
+        let worker = TestWorker::start(&self.worker_env()).await;
+        self.workers.push(worker);
+    }
+
+    /// The bot's `/respond` texts to `author`, once there are `n`.
+    pub async fn replies(&self, author: &str, n: usize) -> Vec<String> {
+        let messages = self
+            .khoros
+            .wait_for_messages(author, n, WAIT)
+            .await
+            .expect("replies arrive");
+        messages
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}

@@ -1,0 +1,226 @@
+//! Worker configuration, read from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use shared::config::{ConfigError, Env, NatsConfig};
+use shared::kore::{KoreConfig, KoreMode, KoreVersion};
+use shared::retry::RetryPolicy;
+use shared::topology::TopologyConfig;
+use shared::Secret;
+
+/// What a worker consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `khoros.events.message.*`: customer messages.
+    Message,
+    /// `khoros.events.update.*`: CREATED, CLOSED, AGENT_RESPONSE.
+    Update,
+    /// `khoros.events.control.*`: ownership changes.
+    Control,
+    /// `kore.replies.*`: Kore.ai asynchronous deliveries.
+    KoreReply,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Update => "update",
+            EventKind::Control => "control",
+            EventKind::KoreReply => "kore_reply",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "message" => Some(EventKind::Message),
+            "update" => Some(EventKind::Update),
+            "control" => Some(EventKind::Control),
+            "kore_reply" => Some(EventKind::KoreReply),
+            _ => None,
+        }
+    }
+}
+
+/// Circuit breaker in front of Kore.ai.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerConfig {
+    /// `BREAKER_FAILURES`: consecutive failed turns that open the breaker.
+    pub failures: u32,
+    /// `BREAKER_COOLDOWN`: how long it stays open before one trial call.
+    pub cooldown: Duration,
+}
+
+/// Everything the worker needs; see the README's configuration table.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `WORKER_LISTEN`: `/healthz`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+    /// `METRICS_LISTEN`: Prometheus listener.
+    pub metrics_listen: SocketAddr,
+    /// `WORKER_EVENT_TYPES`: which consumers this process runs (pools scale independently).
+    pub event_types: Vec<EventKind>,
+    /// `WORKER_CONCURRENCY`: messages handled at once by this process.
+    pub concurrency: usize,
+    /// `ACK_WAIT`: redelivery delay of an unacknowledged message (kept alive while working).
+    pub ack_wait: Duration,
+    /// `MAX_DELIVER`: deliveries before an event goes to the dead-letter stream.
+    pub max_deliver: i64,
+    /// `KHOROS_APP_ID`: our bot's appId; only conversations owned by BOT(appId) are answered.
+    pub app_id: String,
+    /// `KHOROS_API_URL`: the regional Bot API v3 gateway.
+    pub khoros_url: String,
+    /// `KHOROS_TIMEOUT`: per Bot API call.
+    pub khoros_timeout: Duration,
+    /// `KHOROS_TOKEN` / `KHOROS_TOKEN_FILE`: seeds KV when no token is stored yet.
+    pub seed_token: Option<Secret>,
+    /// `KHOROS_RETRY_*`.
+    pub khoros_retry: RetryPolicy,
+    /// `KORE_*`.
+    pub kore: KoreConfig,
+    /// `KORE_RETRY_*`.
+    pub kore_retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    /// `HANDOFF_TASK_NAMES`: completed Kore tasks that mean "hand to an agent".
+    pub handoff_task_names: Vec<String>,
+    /// `TAG_BOT_REPLY`: Care tag ids applied at the bot's first reply in a conversation.
+    pub bot_reply_tags: Vec<i64>,
+    /// `TAG_HANDOFF`: Care tag ids applied at every hand-off.
+    pub handoff_tags: Vec<i64>,
+    /// `CONVERSATION_CLOSED_GRACE`: how long a CLOSED conversation's record is kept.
+    pub closed_grace: Duration,
+    /// `SHUTDOWN_TIMEOUT`: in-flight work gets this long after SIGTERM, then is nak'ed.
+    pub shutdown_timeout: Duration,
+    pub nats: NatsConfig,
+    pub topology: TopologyConfig,
+}
+
+impl WorkerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let kore_mode = match env
+            .string("KORE_MODE", "sync")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "sync" => KoreMode::Sync,
+            "async" => KoreMode::Async,
+            other => return Err(invalid("KORE_MODE", other, "expected sync or async")),
+        };
+        let default_types = if kore_mode == KoreMode::Async {
+            "message,update,control,kore_reply"
+        } else {
+            "message,update,control"
+        };
+        let event_types = env
+            .string("WORKER_EVENT_TYPES", default_types)
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                EventKind::parse(s).ok_or_else(|| {
+                    invalid(
+                        "WORKER_EVENT_TYPES",
+                        s,
+                        "expected message, update, control or kore_reply",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if event_types.is_empty() {
+            return Err(invalid("WORKER_EVENT_TYPES", "", "at least one event type"));
+        }
+        let kore = KoreConfig {
+            base_url: env.string("KORE_URL", "https://bots.kore.ai"),
+            bot_id: env.required("KORE_BOT_ID")?,
+            hook_instance: env.get("KORE_HOOK_INSTANCE"),
+            client_id: env.required("KORE_CLIENT_ID")?,
+            client_secret: env.required_secret("KORE_CLIENT_SECRET")?,
+            algorithm: match env
+                .string("KORE_JWT_ALG", "HS256")
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "HS256" => Algorithm::HS256,
+                "HS512" => Algorithm::HS512,
+                other => return Err(invalid("KORE_JWT_ALG", other, "expected HS256 or HS512")),
+            },
+            version: match env
+                .string("KORE_API_VERSION", "v2")
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "v1" | "1" => KoreVersion::V1,
+                "v2" | "2" => KoreVersion::V2,
+                other => return Err(invalid("KORE_API_VERSION", other, "expected v1 or v2")),
+            },
+            mode: kore_mode,
+            timeout: env.duration("KORE_TIMEOUT", Duration::from_secs(16))?,
+        };
+        Ok(Self {
+            listen: env.parse("WORKER_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8084)))?,
+            metrics_listen: env.parse("METRICS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
+            event_types,
+            concurrency: env.parse("WORKER_CONCURRENCY", 64)?.max(1),
+            ack_wait: env.duration("ACK_WAIT", Duration::from_secs(30))?,
+            max_deliver: env.parse("MAX_DELIVER", 10)?,
+            app_id: env.required("KHOROS_APP_ID")?,
+            khoros_url: env.string("KHOROS_API_URL", "https://api.app.lithium.com"),
+            khoros_timeout: env.duration("KHOROS_TIMEOUT", Duration::from_secs(10))?,
+            seed_token: env.secret("KHOROS_TOKEN")?,
+            khoros_retry: RetryPolicy::from_env(env, "KHOROS", RetryPolicy::standard())?,
+            kore,
+            kore_retry: RetryPolicy::from_env(
+                env,
+                "KORE",
+                RetryPolicy {
+                    max_retries: 3,
+                    min_delay: Duration::from_millis(200),
+                    max_delay: Duration::from_secs(2),
+                    max_elapsed: Duration::from_secs(10),
+                },
+            )?,
+            breaker: BreakerConfig {
+                failures: env.parse("BREAKER_FAILURES", 5)?,
+                cooldown: env.duration("BREAKER_COOLDOWN", Duration::from_secs(30))?,
+            },
+            handoff_task_names: list(env, "HANDOFF_TASK_NAMES"),
+            bot_reply_tags: tag_ids(env, "TAG_BOT_REPLY")?,
+            handoff_tags: tag_ids(env, "TAG_HANDOFF")?,
+            closed_grace: env.duration("CONVERSATION_CLOSED_GRACE", Duration::from_secs(600))?,
+            shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?,
+            nats: NatsConfig::from_env(env, "worker")?,
+            topology: TopologyConfig::from_env(env)?,
+        })
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn list(env: &Env, name: &str) -> Vec<String> {
+    env.get(name)
+        .map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tag_ids(env: &Env, name: &str) -> Result<Vec<i64>, ConfigError> {
+    list(env, name)
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(name, s, "expected comma-separated integer tag ids"))
+        })
+        .collect()
+}

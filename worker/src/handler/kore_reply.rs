@@ -1,0 +1,101 @@
+//! A Kore.ai asynchronous delivery (stored by the ingress' `/kore/callback`): find the Khoros
+//! conversation of its `to` user and reply there, in order.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use shared::kore::{delivery_recipient, BotAnswer};
+
+use super::{Envelope, Handlers, Settle};
+use crate::error::WorkerError;
+use crate::reply::{self, PlanContext, Step};
+use crate::telemetry;
+
+pub async fn handle(
+    h: &Arc<Handlers>,
+    env: &Envelope,
+) -> Result<(Settle, &'static str), WorkerError> {
+    let value: Value = match serde_json::from_slice(&env.payload) {
+        Ok(v) => v,
+        Err(e) => {
+            h.dead_letter(
+                env,
+                "parse",
+                "-",
+                &format!("not JSON: {e}"),
+                "",
+                env.delivered as u64,
+            )
+            .await?;
+            return Ok((Settle::Term, "dead_lettered"));
+        }
+    };
+    let Some(user) = delivery_recipient(&value) else {
+        h.dead_letter(
+            env,
+            "route",
+            "-",
+            "Kore.ai delivery without `to`",
+            "",
+            env.delivered as u64,
+        )
+        .await?;
+        return Ok((Settle::Term, "dead_lettered"));
+    };
+    let Some((key, record)) = h.conversations.by_user(user).await? else {
+        h.dead_letter(
+            env,
+            "route",
+            "-",
+            "no conversation known for this Kore.ai user",
+            "",
+            env.delivered as u64,
+        )
+        .await?;
+        return Ok((Settle::Term, "dead_lettered"));
+    };
+    let mut progress = h.progress.load(&env.event_id).await?;
+    if progress.done {
+        return Ok((Settle::Ack, "duplicate"));
+    }
+    if record
+        .owner
+        .as_ref()
+        .is_some_and(|o| !o.is_bot(&h.config.app_id))
+    {
+        metrics::counter!(telemetry::SKIPPED, "reason" => "handed_off").increment(1);
+        return Ok((Settle::Ack, "skipped"));
+    }
+    let answer = BotAnswer::from_any(&value);
+    let ctx = PlanContext {
+        coordinate: &record.coordinate,
+        author: &record.author,
+        bot_reply_tags: &h.config.bot_reply_tags,
+        handoff_tags: &h.config.handoff_tags,
+        handoff_task_names: &h.config.handoff_task_names,
+        first_reply: !record.bot_tagged,
+    };
+    let (steps, handoff) = reply::plan(&answer, &ctx);
+    if handoff.is_some() {
+        metrics::counter!(telemetry::HANDOFFS, "reason" => "bot_requested").increment(1);
+    }
+    let settle = h.deliver(env, &mut progress, &steps, &key).await?;
+    if settle == Settle::Ack
+        && ctx.first_reply
+        && steps.iter().any(|s| matches!(s, Step::Respond(_)))
+    {
+        h.conversations
+            .modify(&key, |r| r.bot_tagged = true)
+            .await?;
+    }
+    Ok((
+        settle,
+        if settle == Settle::Term {
+            "dead_lettered"
+        } else if handoff.is_some() {
+            "handed_off"
+        } else {
+            "replied"
+        },
+    ))
+}

@@ -1,0 +1,195 @@
+//! What each event type does. [`Handlers::handle`] dispatches one delivery and says how the
+//! consumer must settle it.
+
+pub mod kore_reply;
+pub mod message;
+pub mod update;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde_json::Value;
+use shared::auth::{Clock, SystemClock};
+use shared::kore::KoreClient;
+
+use crate::breaker::Breaker;
+use crate::config::{EventKind, WorkerConfig};
+use crate::conversation::Conversations;
+use crate::dead_letter::{self, DeadLetter};
+use crate::error::WorkerError;
+use crate::khoros_steps::{StepFailure, StepRunner};
+use crate::progress::{Progress, ProgressStore};
+use crate::reply::Step;
+use crate::telemetry;
+
+/// One delivery, with what the ingress put in its headers.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub kind: EventKind,
+    pub subject: String,
+    pub stream_sequence: u64,
+    pub delivered: i64,
+    /// The dedup id (`Nats-Msg-Id`), or `seq-<n>` for messages stored without one.
+    pub event_id: String,
+    pub request_id: Option<String>,
+    pub received_at_ms: Option<i64>,
+    pub payload: Bytes,
+}
+
+/// How the consumer settles a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Handled (or deliberately ignored): acknowledge.
+    Ack,
+    /// Written to the dead letters: terminate, never redeliver.
+    Term,
+}
+
+/// Everything a handler uses.
+pub struct Handlers {
+    pub config: WorkerConfig,
+    pub js: jetstream::Context,
+    pub progress: ProgressStore,
+    pub conversations: Conversations,
+    pub runner: StepRunner,
+    pub kore: KoreClient,
+    pub breaker: Breaker,
+}
+
+impl Handlers {
+    /// Handles one delivery; `outcome` labels `worker_events_total`.
+    pub async fn handle(
+        self: &Arc<Self>,
+        env: &Envelope,
+    ) -> Result<(Settle, &'static str), WorkerError> {
+        if self.config.max_deliver > 1 && env.delivered >= self.config.max_deliver {
+            // The last allowed delivery: every earlier one crashed or timed out. JetStream would
+            // silently stop redelivering after this one, so park the event where people look.
+            self.dead_letter(
+                env,
+                "max_deliveries",
+                "-",
+                "delivered too many times without finishing",
+                "",
+                env.delivered as u64,
+            )
+            .await?;
+            return Ok((Settle::Term, "dead_lettered"));
+        }
+        match env.kind {
+            EventKind::Message => message::handle(self, env).await,
+            EventKind::Update | EventKind::Control => update::handle(self, env).await,
+            EventKind::KoreReply => kore_reply::handle(self, env).await,
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        SystemClock.now_ms()
+    }
+
+    /// Publishes a dead letter for this delivery.
+    pub async fn dead_letter(
+        &self,
+        env: &Envelope,
+        step: &str,
+        status: &str,
+        error: &str,
+        body_excerpt: &str,
+        attempts: u64,
+    ) -> Result<(), WorkerError> {
+        let event = serde_json::from_slice::<Value>(&env.payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.payload).into_owned()));
+        let letter = DeadLetter {
+            subject: env.subject.clone(),
+            event_id: env.event_id.clone(),
+            step: step.to_string(),
+            status: status.to_string(),
+            error: error.to_string(),
+            body_excerpt: body_excerpt.to_string(),
+            attempts,
+            failed_at_ms: self.now_ms(),
+            event,
+        };
+        dead_letter::publish(&self.js, env.kind.as_str(), &letter).await
+    }
+
+    /// Runs the planned steps from where `progress` left off, recording each one, then marks
+    /// the event done. A step that finally fails dead-letters the event.
+    pub async fn deliver(
+        &self,
+        env: &Envelope,
+        progress: &mut Progress,
+        steps: &[Step],
+        conversation_key: &str,
+    ) -> Result<Settle, WorkerError> {
+        while progress.steps_done < steps.len() {
+            let index = progress.steps_done;
+            let step = &steps[index];
+            let unsure = progress.in_flight == Some(index);
+            let skip = match step {
+                // A crash hit while this reply was being sent: ask Khoros whether it arrived.
+                Step::Respond(body) if unsure => match self.runner.already_sent(body).await {
+                    Some(sent) => sent,
+                    None => {
+                        tracing::warn!(
+                            step = index,
+                            "cannot tell whether the reply was sent; not sending it twice"
+                        );
+                        true
+                    }
+                },
+                _ => false,
+            };
+            if !skip {
+                progress.in_flight = Some(index);
+                self.progress.save(&env.event_id, progress).await?;
+                if let Err(failure) = self.runner.run(step).await {
+                    return self.fail_step(env, progress, failure).await;
+                }
+            }
+            if let Step::Handoff(_) = step {
+                let now = self.now_ms();
+                self.conversations
+                    .modify(conversation_key, |r| {
+                        r.owner = Some(shared::event::Owner::agent());
+                        r.owner_updated_at_ms = now;
+                    })
+                    .await?;
+            }
+            progress.steps_done = index + 1;
+            progress.in_flight = None;
+            if progress.steps_done < steps.len() {
+                self.progress.save(&env.event_id, progress).await?;
+            }
+        }
+        progress.done = true;
+        self.progress.save(&env.event_id, progress).await?;
+        if let Some(received) = env.received_at_ms {
+            let seconds = (self.now_ms() - received).max(0) as f64 / 1000.0;
+            metrics::histogram!(telemetry::END_TO_END_SECONDS).record(seconds);
+        }
+        Ok(Settle::Ack)
+    }
+
+    async fn fail_step(
+        &self,
+        env: &Envelope,
+        progress: &mut Progress,
+        failure: StepFailure,
+    ) -> Result<Settle, WorkerError> {
+        self.dead_letter(
+            env,
+            failure.step,
+            &failure.status,
+            &failure.error,
+            &failure.body_excerpt,
+            failure.attempts + env.delivered.max(1) as u64 - 1,
+        )
+        .await?;
+        progress.done = true;
+        progress.in_flight = None;
+        self.progress.save(&env.event_id, progress).await?;
+        Ok(Settle::Term)
+    }
+}

@@ -1,0 +1,24 @@
+//! Metric names of the worker (documented in the README's metrics table).
+
+/// Counter, labels `type`, `outcome`: events handled and how it ended.
+pub const EVENTS: &str = "worker_events_total";
+/// Counter, label `reason`: message events not answered because we do not own the conversation.
+pub const SKIPPED: &str = "worker_skipped_total";
+/// Counter, label `reason`: hand-offs to an agent (bot_requested, task, kore_unavailable, breaker_open).
+pub const HANDOFFS: &str = "worker_handoffs_total";
+/// Counter, label `step`: events written to the dead-letter stream.
+pub const DEAD_LETTERS: &str = "worker_dead_letters_total";
+/// Counter, label `type`: deliveries that were redeliveries (delivered > 1).
+pub const REDELIVERIES: &str = "worker_redeliveries_total";
+/// Counter, label `operation`: update and control events applied to conversation records.
+pub const UPDATES: &str = "worker_conversation_updates_total";
+/// Histogram: ingress receive timestamp to the last Khoros call of the reply, seconds.
+pub const END_TO_END_SECONDS: &str = "worker_end_to_end_seconds";
+/// Histogram, label `type`: time spent handling one event, seconds.
+pub const HANDLE_SECONDS: &str = "worker_handle_duration_seconds";
+/// Gauge: Kore.ai breaker state (0 closed, 1 open, 2 half-open).
+pub const BREAKER_STATE: &str = "worker_kore_breaker_state";
+/// Gauge: events being handled right now by this process.
+pub const IN_FLIGHT: &str = "worker_in_flight";
+/// Counter: token swaps seen in KV.
+pub const TOKEN_SWAPS: &str = "worker_token_swaps_total";
