@@ -77,6 +77,7 @@ impl App {
                 config.auth.clone(),
                 config.topology.partitions,
                 backend.clone(),
+                config.publish_timeout,
             ),
             client: client.clone(),
             js,

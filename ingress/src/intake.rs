@@ -3,6 +3,7 @@
 //! The types only move forward, so an unauthenticated body cannot reach `publish`.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_nats::HeaderMap as NatsHeaders;
 use axum::http::HeaderMap;
@@ -78,6 +79,9 @@ pub struct Intake {
     auth: Authenticator,
     partitions: u32,
     backend: Arc<OnceLock<Backend>>,
+    /// Deadline for everything NATS does for one request (replay guard and PubAck): while
+    /// NATS is away the client buffers requests, so only a deadline turns that into a 503.
+    store_timeout: Duration,
 }
 
 /// What the caller is told about an accepted event.
@@ -88,11 +92,17 @@ pub struct Accepted {
 }
 
 impl Intake {
-    pub fn new(auth: Authenticator, partitions: u32, backend: Arc<OnceLock<Backend>>) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        partitions: u32,
+        backend: Arc<OnceLock<Backend>>,
+        store_timeout: Duration,
+    ) -> Self {
         Self {
             auth,
             partitions,
             backend,
+            store_timeout,
         }
     }
 
@@ -142,7 +152,19 @@ impl Intake {
         })
     }
 
+    /// Records the signature and publishes, within the deadline; 503 otherwise.
     pub async fn store(&self, routed: Routed) -> Result<Accepted, IngressError> {
+        tokio::time::timeout(self.store_timeout, self.store_unbounded(routed))
+            .await
+            .unwrap_or_else(|_| {
+                Err(IngressError::Unavailable(format!(
+                    "event not stored within {:?}",
+                    self.store_timeout
+                )))
+            })
+    }
+
+    async fn store_unbounded(&self, routed: Routed) -> Result<Accepted, IngressError> {
         let backend = self
             .backend
             .get()

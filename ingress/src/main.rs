@@ -3,7 +3,7 @@
 use anyhow::Context;
 use shared::config::Env;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init_subscriber(shared::telemetry::get_subscriber("info", std::io::stdout));
     let config =

@@ -25,6 +25,8 @@ pub mod headers {
     /// Event `type` and `operation`, so consumers can route without parsing.
     pub const EVENT_TYPE: &str = "Bridge-Event-Type";
     pub const OPERATION: &str = "Bridge-Operation";
+    /// The original event id of a replayed dead letter (its `Nats-Msg-Id` must differ).
+    pub const EVENT_ID: &str = "Bridge-Event-Id";
     /// The conversation key's partition.
     pub const PARTITION: &str = "Bridge-Partition";
 }

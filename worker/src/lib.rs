@@ -14,6 +14,7 @@
 //! - `progress`: the processed-id record per event (KV), so redeliveries are no-ops.
 //! - `conversation`: the conversation record (KV): owner, display id, closed, Kore user index.
 //! - `token`: the Bot API token, watched in KV and swapped the moment it changes.
+//! - `cli`: the command line (service and dead-letter operator commands).
 //! - `breaker`: circuit breaker in front of Kore.ai.
 //! - `dead_letter`: what finally failed, published with its reason.
 //! - `error`: `WorkerError`.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod breaker;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod conversation;

@@ -1,16 +1,12 @@
-//! The `worker` binary: telemetry -> config -> `App::build` -> `run_until_stopped`.
-
-use anyhow::Context;
-use shared::config::Env;
+//! The `worker` binary: logs, then [`worker::cli::run`] (the service, or an operator command).
+//!
+//! - `worker` / `worker serve`: consume events until SIGTERM.
+//! - `worker dlq-list`: prints the dead letters as JSON lines.
+//! - `worker dlq-replay <seq>... | --all`: puts dead letters back on their subjects.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init_subscriber(shared::telemetry::get_subscriber("info", std::io::stdout));
-    let config = worker::WorkerConfig::from_env(&Env::process()).context("worker configuration")?;
-    let app = worker::App::build(config)
-        .await
-        .context("starting the worker")?;
-    app.run_until_stopped(shared::shutdown::on_signal())
-        .await
-        .context("worker")
+    // Logs go to stderr so the operator commands' JSON on stdout stays clean.
+    shared::telemetry::init_subscriber(shared::telemetry::get_subscriber("info", std::io::stderr));
+    worker::cli::run(std::env::args().skip(1).collect()).await
 }

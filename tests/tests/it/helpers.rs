@@ -172,6 +172,16 @@ pub fn worker_env(
     kore_url: &str,
     extra: &[(&str, &str)],
 ) -> Env {
+    Env::from_pairs(worker_vars(nats, khoros_url, kore_url, extra))
+}
+
+/// [`worker_env`] as variable pairs (for worker processes).
+pub fn worker_vars(
+    nats: &NatsServer,
+    khoros_url: &str,
+    kore_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = vec![
         ("NATS_URL".into(), nats.url()),
         ("KHOROS_APP_ID".into(), "kore-bridge".into()),
@@ -193,7 +203,7 @@ pub fn worker_env(
         vars.retain(|(name, _)| name != k);
         vars.push((k.to_string(), v.to_string()));
     }
-    Env::from_pairs(vars)
+    vars
 }
 
 pub const TEST_TOKEN: &str = "khoros-test-token-0001";

@@ -4,6 +4,7 @@ mod helpers;
 mod ingress;
 mod khoros_sim;
 mod kore_sim;
+mod reliability;
 mod scheduler;
 mod stack;
 mod worker;

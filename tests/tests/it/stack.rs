@@ -31,6 +31,17 @@ impl Stack {
         ingress_extra: &[(&str, &str)],
         kore: KoreSimConfig,
     ) -> Self {
+        let mut stack = Self::start_without_workers(worker_extra, ingress_extra, kore).await;
+        stack.add_worker().await;
+        stack
+    }
+
+    /// As [`Stack::start`], with no worker yet (tests that run workers as processes).
+    pub async fn start_without_workers(
+        worker_extra: &[(&str, &str)],
+        ingress_extra: &[(&str, &str)],
+        kore: KoreSimConfig,
+    ) -> Self {
         let nats = NatsServer::start();
         // The ingress and the workers must agree on the partition count.
         let mut ingress_env = vec![("PARTITIONS", "4")];
@@ -50,7 +61,7 @@ impl Stack {
         .await
         .expect("start khoros-sim");
         let kore = KoreSim::start(kore).await.expect("start kore-sim");
-        let mut stack = Self {
+        Self {
             nats,
             ingress,
             khoros,
@@ -60,9 +71,22 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        stack.add_worker().await;
-        stack
+        }
+    }
+
+    /// The worker settings as variables, for a worker process.
+    pub fn worker_vars(&self) -> Vec<(String, String)> {
+        let extra: Vec<(&str, &str)> = self
+            .worker_extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        crate::helpers::worker_vars(
+            &self.nats,
+            &self.khoros.base_url(),
+            &self.kore.base_url(),
+            &extra,
+        )
     }
 
     pub fn worker_env(&self) -> Env {

@@ -290,7 +290,7 @@ async fn a_khoros_client_error_is_dead_lettered() {
     let stack = Stack::start(&[], &[], KoreSimConfig::default()).await;
     stack
         .khoros
-        .add_fault(Fault::status("respond", 400).times(5))
+        .add_fault(Fault::status("respond", 400).times(50))
         .expect("fault");
     stack.khoros.send_text("user-10", "hi").expect("inject");
     let letters = wait::until(WAIT, "a dead letter", || async {
@@ -304,6 +304,15 @@ async fn a_khoros_client_error_is_dead_lettered() {
     assert_eq!(letter["step"], "respond");
     assert_eq!(letter["status"], "400");
     assert_eq!(letter["attempts"], 1, "4xx is not retried");
+    assert_eq!(
+        stack
+            .khoros
+            .requests()
+            .iter()
+            .filter(|r| r.details.get("code").and_then(Value::as_str) == Some("400"))
+            .count(),
+        1
+    );
     assert!(
         letter["body_excerpt"].as_str().unwrap().contains("error"),
         "{letter}"

@@ -187,7 +187,8 @@ impl Handlers {
             failure.attempts + env.delivered.max(1) as u64 - 1,
         )
         .await?;
-        progress.done = true;
+        // Not `done`: a replay of the dead letter resumes at the failed step (the answer and the
+        // steps already sent are kept, so nothing is asked or sent twice).
         progress.in_flight = None;
         self.progress.save(&env.event_id, progress).await?;
         Ok(Settle::Term)
