@@ -520,3 +520,37 @@ async fn graceful_shutdown_gives_in_flight_work_back() {
         ["You said: slow one", "You said: next"]
     );
 }
+
+/// A bot slower than the ack wait: in-progress acks keep the event alive, so it is neither
+/// redelivered nor asked twice.
+#[tokio::test]
+async fn long_bot_calls_keep_the_event_alive() {
+    let stack = Stack::start(&[("ACK_WAIT", "1s")], &[], KoreSimConfig::default()).await;
+    stack.kore.set_latency(Duration::from_millis(2500));
+    stack
+        .khoros
+        .send_text("user-15", "take your time")
+        .expect("inject");
+    assert_eq!(
+        stack.replies("user-15", 1).await,
+        ["You said: take your time"]
+    );
+    assert_eq!(stack.kore.requests().len(), 1);
+    let js = jetstream(&stack.nats).await;
+    let stream = js
+        .get_stream(shared::topology::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut redelivered = 0;
+    for p in 0..4 {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(&format!("worker-message-{p}"))
+            .await
+            .unwrap();
+        redelivered += consumer.info().await.unwrap().num_redelivered;
+    }
+    assert_eq!(
+        redelivered, 0,
+        "the event was redelivered despite in-progress acks"
+    );
+}
