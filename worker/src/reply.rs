@@ -94,6 +94,15 @@ pub enum HandoffReason {
     Task,
 }
 
+impl HandoffReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandoffReason::BotRequested => "bot_requested",
+            HandoffReason::Task => "task",
+        }
+    }
+}
+
 /// The calls for one bot answer, and whether (why) it hands off.
 pub fn plan(answer: &BotAnswer, ctx: &PlanContext<'_>) -> (Vec<Step>, Option<HandoffReason>) {
     let mut steps = Vec::new();

@@ -472,28 +472,7 @@ async fn secrets_never_appear_in_logs_or_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let api = shared::khoros::KhorosApi::new(&stack.khoros.base_url(), Duration::from_secs(5));
-    let grant = api
-        .refresh_token(&shared::Secret::new(TEST_TOKEN), "kore-bridge")
-        .await
-        .expect("refresh");
-    let js = jetstream(&stack.nats).await;
-    let kv = js
-        .get_key_value(shared::topology::buckets::TOKENS)
-        .await
-        .unwrap();
-    let record = shared::token::TokenRecord {
-        token: grant.token.clone(),
-        expires_at_ms: grant.expires_at_ms,
-        rotated_at_ms: 0,
-        source: "rotation".into(),
-    };
-    kv.put(
-        shared::token::TOKEN_KEY,
-        serde_json::to_vec(&record).unwrap().into(),
-    )
-    .await
-    .unwrap();
+    let new_token = stack.rotate_token().await;
     stack.khoros.advance_clock(Duration::from_secs(11 * 60));
     stack.kore.script(
         "secret-1",
@@ -533,7 +512,7 @@ async fn secrets_never_appear_in_logs_or_metrics() {
         HMAC_SECRET,
         KORE_CLIENT_SECRET,
         TEST_TOKEN,
-        grant.token.as_str(),
+        new_token.as_str(),
         "cb-pass-123",
         "a2hvcm9zLWNiOmNiLXBhc3MtMTIz",
         "eyJ",

@@ -108,6 +108,34 @@ impl Stack {
         self.workers.push(worker);
     }
 
+    /// What the scheduler does: refresh the Bot API token at khoros-sim with the current one and
+    /// store the new one in KV. Returns the new token.
+    pub async fn rotate_token(&self) -> String {
+        let api = shared::khoros::KhorosApi::new(&self.khoros.base_url(), Duration::from_secs(5));
+        let grant = api
+            .refresh_token(&Secret::new(TEST_TOKEN), "kore-bridge")
+            .await
+            .expect("refresh");
+        let js = crate::helpers::jetstream(&self.nats).await;
+        let kv = js
+            .get_key_value(shared::topology::buckets::TOKENS)
+            .await
+            .expect("tokens bucket");
+        let record = shared::token::TokenRecord {
+            token: grant.token.clone(),
+            expires_at_ms: grant.expires_at_ms,
+            rotated_at_ms: 0,
+            source: "rotation".into(),
+        };
+        kv.put(
+            shared::token::TOKEN_KEY,
+            serde_json::to_vec(&record).expect("json").into(),
+        )
+        .await
+        .expect("store token");
+        grant.token
+    }
+
     /// The bot's `/respond` texts to `author`, once there are `n`.
     pub async fn replies(&self, author: &str, n: usize) -> Vec<String> {
         let messages = self

@@ -10,7 +10,7 @@ use bridge_tests::wait;
 use serde_json::{json, Value};
 use shared::topology::DEAD_LETTER_STREAM;
 
-use crate::helpers::{jetstream, TEST_TOKEN};
+use crate::helpers::jetstream;
 use crate::stack::{Stack, WAIT};
 
 async fn dead_letters(stack: &Stack) -> Vec<StreamMessage> {
@@ -444,28 +444,7 @@ async fn a_rotated_token_is_picked_up_without_a_401() {
     stack.khoros.send_text("user-13", "before").expect("inject");
     stack.replies("user-13", 1).await;
     // What the scheduler does: refresh with the current token, store the new one in KV.
-    let api = shared::khoros::KhorosApi::new(&stack.khoros.base_url(), Duration::from_secs(5));
-    let grant = api
-        .refresh_token(&shared::Secret::new(TEST_TOKEN), "kore-bridge")
-        .await
-        .expect("refresh");
-    let js = jetstream(&stack.nats).await;
-    let kv = js
-        .get_key_value(shared::topology::buckets::TOKENS)
-        .await
-        .unwrap();
-    let record = shared::token::TokenRecord {
-        token: grant.token.clone(),
-        expires_at_ms: grant.expires_at_ms,
-        rotated_at_ms: 0,
-        source: "rotation".into(),
-    };
-    kv.put(
-        shared::token::TOKEN_KEY,
-        serde_json::to_vec(&record).unwrap().into(),
-    )
-    .await
-    .unwrap();
+    stack.rotate_token().await;
     // Past the 10-minute grace: only the new token works now.
     stack.khoros.advance_clock(Duration::from_secs(11 * 60));
     stack.khoros.send_text("user-13", "after").expect("inject");

@@ -8,7 +8,7 @@ use shared::kore::{delivery_recipient, BotAnswer};
 
 use super::{Envelope, Handlers, Settle};
 use crate::error::WorkerError;
-use crate::reply::{self, PlanContext, Step};
+use crate::reply;
 use crate::telemetry;
 
 pub async fn handle(
@@ -67,35 +67,19 @@ pub async fn handle(
         return Ok((Settle::Ack, "skipped"));
     }
     let answer = BotAnswer::from_any(&value);
-    let ctx = PlanContext {
-        coordinate: &record.coordinate,
-        author: &record.author,
-        bot_reply_tags: &h.config.bot_reply_tags,
-        handoff_tags: &h.config.handoff_tags,
-        handoff_task_names: &h.config.handoff_task_names,
-        first_reply: !record.bot_tagged,
-    };
+    let first_reply = !record.bot_tagged;
+    let ctx = h.plan_context(&record.coordinate, &record.author, first_reply);
     let (steps, handoff) = reply::plan(&answer, &ctx);
-    if handoff.is_some() {
-        metrics::counter!(telemetry::HANDOFFS, "reason" => "bot_requested").increment(1);
+    if let Some(reason) = handoff {
+        metrics::counter!(telemetry::HANDOFFS, "reason" => reason.label()).increment(1);
     }
-    let settle = h.deliver(env, &mut progress, &steps, &key).await?;
-    if settle == Settle::Ack
-        && ctx.first_reply
-        && steps.iter().any(|s| matches!(s, Step::Respond(_)))
-    {
-        h.conversations
-            .modify(&key, |r| r.bot_tagged = true)
-            .await?;
-    }
-    Ok((
-        settle,
-        if settle == Settle::Term {
-            "dead_lettered"
-        } else if handoff.is_some() {
-            "handed_off"
-        } else {
-            "replied"
-        },
-    ))
+    let settle = h
+        .deliver_reply(env, &mut progress, &steps, &key, first_reply)
+        .await?;
+    let outcome = match (settle, handoff) {
+        (Settle::Term, _) => "dead_lettered",
+        (_, Some(_)) => "handed_off",
+        _ => "replied",
+    };
+    Ok((settle, outcome))
 }

@@ -10,7 +10,7 @@ use shared::upstream::{count_retry, UpstreamError};
 use super::{Envelope, Handlers, Settle};
 use crate::conversation::{ConversationRecord, Conversations};
 use crate::error::WorkerError;
-use crate::reply::{self, PlanContext, Step};
+use crate::reply;
 use crate::telemetry;
 
 /// Why a message is not answered (label of `worker_skipped_total`).
@@ -98,23 +98,13 @@ pub async fn handle(
         h.progress.save(&env.event_id, &progress).await?;
     }
 
-    let ctx = PlanContext {
-        coordinate: &event.coordinate,
-        author: &event.author,
-        bot_reply_tags: &h.config.bot_reply_tags,
-        handoff_tags: &h.config.handoff_tags,
-        handoff_task_names: &h.config.handoff_task_names,
-        first_reply: !record.bot_tagged,
-    };
+    let first_reply = !record.bot_tagged;
+    let ctx = h.plan_context(&event.coordinate, &event.author, first_reply);
     let (steps, outcome) = match (&progress.answer, &progress.bot_failure) {
         (Some(answer), _) => {
             let (steps, handoff) = reply::plan(answer, &ctx);
             if let Some(reason) = handoff {
-                let label = match reason {
-                    reply::HandoffReason::BotRequested => "bot_requested",
-                    reply::HandoffReason::Task => "task",
-                };
-                metrics::counter!(telemetry::HANDOFFS, "reason" => label).increment(1);
+                metrics::counter!(telemetry::HANDOFFS, "reason" => reason.label()).increment(1);
             }
             (
                 steps,
@@ -138,15 +128,9 @@ pub async fn handle(
         }
         (None, None) => unreachable!("an answer or a failure was recorded above"),
     };
-    let settle = h.deliver(env, &mut progress, &steps, &key).await?;
-    if settle == Settle::Ack
-        && ctx.first_reply
-        && steps.iter().any(|s| matches!(s, Step::Respond(_)))
-    {
-        h.conversations
-            .modify(&key, |r| r.bot_tagged = true)
-            .await?;
-    }
+    let settle = h
+        .deliver_reply(env, &mut progress, &steps, &key, first_reply)
+        .await?;
     Ok((
         settle,
         if settle == Settle::Ack {

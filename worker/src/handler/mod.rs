@@ -20,7 +20,7 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::error::WorkerError;
 use crate::khoros_steps::{StepFailure, StepRunner};
 use crate::progress::{Progress, ProgressStore};
-use crate::reply::Step;
+use crate::reply::{PlanContext, Step};
 use crate::telemetry;
 
 /// One delivery, with what the ingress put in its headers.
@@ -112,6 +112,44 @@ impl Handlers {
             event,
         };
         dead_letter::publish(&self.js, env.kind.as_str(), &letter).await
+    }
+
+    /// The plan context for one conversation, with this worker's tags and hand-off tasks.
+    pub fn plan_context<'a>(
+        &'a self,
+        coordinate: &'a shared::event::Coordinate,
+        author: &'a shared::event::Author,
+        first_reply: bool,
+    ) -> PlanContext<'a> {
+        PlanContext {
+            coordinate,
+            author,
+            bot_reply_tags: &self.config.bot_reply_tags,
+            handoff_tags: &self.config.handoff_tags,
+            handoff_task_names: &self.config.handoff_task_names,
+            first_reply,
+        }
+    }
+
+    /// [`Self::deliver`], then remembers that the bot replied (and tagged) in the conversation.
+    pub async fn deliver_reply(
+        &self,
+        env: &Envelope,
+        progress: &mut Progress,
+        steps: &[Step],
+        conversation_key: &str,
+        first_reply: bool,
+    ) -> Result<Settle, WorkerError> {
+        let settle = self.deliver(env, progress, steps, conversation_key).await?;
+        if settle == Settle::Ack
+            && first_reply
+            && steps.iter().any(|s| matches!(s, Step::Respond(_)))
+        {
+            self.conversations
+                .modify(conversation_key, |r| r.bot_tagged = true)
+                .await?;
+        }
+        Ok(settle)
     }
 
     /// Runs the planned steps from where `progress` left off, recording each one, then marks
