@@ -155,9 +155,7 @@ impl App {
             tracing::warn!("tasks did not stop within the shutdown timeout; aborting them");
             tasks.abort_all();
         }
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "nats flush at shutdown failed");
-        }
+        shared::topology::flush_at_shutdown(&self.client).await;
         tracing::info!("scheduler stopped");
         Ok(())
     }

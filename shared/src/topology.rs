@@ -129,6 +129,16 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, async_nats:
     options.connect(&cfg.url).await
 }
 
+/// Flushes what the client still buffers, at shutdown. Bounded: with NATS gone the client
+/// would wait for a reconnect forever and the process would never exit.
+pub async fn flush_at_shutdown(client: &async_nats::Client) {
+    match tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "nats flush at shutdown failed"),
+        Err(_) => tracing::warn!("nats flush at shutdown timed out (NATS unreachable)"),
+    }
+}
+
 /// The streams and buckets of the bridge.
 pub struct Topology {
     pub config: TopologyConfig,

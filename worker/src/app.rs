@@ -145,9 +145,7 @@ impl App {
             .await;
             loops.abort_all();
         }
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "nats flush at shutdown failed");
-        }
+        shared::topology::flush_at_shutdown(&self.client).await;
         let _ = server.await;
         if let Some(task) = metrics {
             task.abort();

@@ -274,6 +274,19 @@ async fn replayed_signature_with_new_request_id_is_refused_across_replicas() {
     let msgs = stored(&nats).await;
     assert_eq!(msgs.len(), 1);
     assert_eq!(header(&msgs[0], headers::MSG_ID).as_deref(), Some("orig-1"));
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ingress_auth_failures_total{reason=\"replayed_signature\"}"),
+        "replays are counted"
+    );
 }
 
 /// Without `x-amzn-RequestId` the dedup id comes from the body: the same body is stored once.
