@@ -10,6 +10,7 @@
 
 pub mod khoros_sim;
 pub mod kore_sim;
+pub mod loadgen;
 pub mod nats_server;
 pub mod sign;
 pub mod wait;

@@ -1,0 +1,1230 @@
+//! `loadgen bench`: the whole benchmark, back to back on this machine, as `dev/bench` runs it.
+//!
+//! Every phase starts what it measures as separate processes (release builds) against a
+//! dedicated `nats-server` with a fresh file store on a free loopback port (never the
+//! machine's own server on 4222), and stops them afterwards:
+//!
+//! 1. **bare**: an axum server that answers 202 and does nothing else (the HTTP ceiling);
+//! 2. **raw publish**: the same events published to JetStream and awaited (the broker ceiling);
+//! 3. **ingress**: the real ingress, HMAC v2 on, file-storage stream;
+//!
+//! each at full speed with N connections, then at a fixed rate; then
+//!
+//! 4. **end to end**: ingress + worker + kore-sim (simulated bot latency) + khoros-sim at a
+//!    fixed message rate, replies matched at khoros-sim;
+//! 5. **worker scaling**: 1, 2, 4 worker processes draining a backlog with a slow bot, so one
+//!    worker's `WORKER_CONCURRENCY` is the bottleneck.
+//!
+//! Results: one table on stdout, `<out>/results/<timestamp>.json`, `<out>/latest.json` and
+//! `<out>/latest.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use shared::config::Env;
+use shared::topology::{Topology, TopologyConfig, EVENTS_STREAM};
+use shared::Secret;
+
+use super::driver::{self, Load, Measured, Pace, Target};
+use super::e2e::{self, Anchor, E2eReport};
+use super::events::{EventSource, Spread};
+use super::http::{HmacCredentials, HttpTarget};
+use super::procs::{self, CpuMeter, Memory, Proc};
+use super::publish::PublishTarget;
+use super::stats::LoadReport;
+
+const HMAC_KEY: &str = "bench-hmac-key";
+const HMAC_SECRET: &str = "bench-hmac-secret-7f3c";
+const BOT_TOKEN: &str = "bench-bot-api-token";
+const APP_ID: &str = "kore-bridge";
+/// kore-sim's defaults, so it needs no configuration.
+const KORE_BOT_ID: &str = "st-11111111-2222-3333-4444-555555555555";
+const KORE_CLIENT_ID: &str = "cs-00000000-test-app";
+const KORE_CLIENT_SECRET: &str = "kore-test-client-secret-123";
+const EVENTS_PATH: &str = "/khoros/events";
+
+/// What to run and how long.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchOptions {
+    /// Where `ingress`, `worker`, `khoros-sim`, `kore-sim` are (`target/release`).
+    pub bin_dir: PathBuf,
+    /// Where results go (`bench/`).
+    pub out_dir: PathBuf,
+    /// Connections of the full-speed loads.
+    pub connections: usize,
+    pub warmup_s: f64,
+    /// Length of each full-speed load.
+    pub max_s: f64,
+    /// Fixed rate of the latency loads, and their length and connections.
+    pub fixed_rate: f64,
+    pub fixed_s: f64,
+    pub fixed_connections: usize,
+    /// PARTITIONS of the ingress-only phases (the default).
+    pub partitions: u32,
+    /// Every n-th event is an update (the rest are messages).
+    pub update_every: u64,
+    pub conversations: usize,
+    /// End to end: message rate, simulated bot latency, length, partitions.
+    pub e2e_rate: f64,
+    pub e2e_bot_ms: u64,
+    pub e2e_s: f64,
+    pub e2e_partitions: u32,
+    /// Worker scaling: replicas, bot latency, per-worker concurrency, partitions, and how many
+    /// seconds of work the backlog holds at the expected rate.
+    pub scale_replicas: Vec<usize>,
+    pub scale_bot_ms: u64,
+    pub scale_concurrency: usize,
+    pub scale_partitions: u32,
+    pub scale_backlog_s: f64,
+    /// Skip phases by name: bare, publish, ingress, e2e, scaling.
+    pub skip: Vec<String>,
+}
+
+impl BenchOptions {
+    /// The full benchmark (about four minutes).
+    pub fn full(bin_dir: PathBuf, out_dir: PathBuf) -> Self {
+        Self {
+            bin_dir,
+            out_dir,
+            connections: 64,
+            warmup_s: 2.0,
+            max_s: 10.0,
+            fixed_rate: 1000.0,
+            fixed_s: 15.0,
+            fixed_connections: 32,
+            partitions: 16,
+            update_every: 5,
+            conversations: 4096,
+            e2e_rate: 200.0,
+            e2e_bot_ms: 50,
+            e2e_s: 30.0,
+            e2e_partitions: 64,
+            scale_replicas: vec![1, 2, 4],
+            scale_bot_ms: 200,
+            scale_concurrency: 8,
+            scale_partitions: 128,
+            scale_backlog_s: 8.0,
+            skip: Vec::new(),
+        }
+    }
+
+    /// A short run for development (about a minute); figures are noisier.
+    pub fn quick(bin_dir: PathBuf, out_dir: PathBuf) -> Self {
+        Self {
+            warmup_s: 1.0,
+            max_s: 3.0,
+            fixed_s: 4.0,
+            e2e_s: 8.0,
+            scale_backlog_s: 4.0,
+            ..Self::full(bin_dir, out_dir)
+        }
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        !self.skip.iter().any(|s| s == phase)
+    }
+}
+
+/// A phase with a full-speed and a fixed-rate load.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub max: LoadReport,
+    pub fixed: LoadReport,
+    /// CPU over the full-speed load, % of one core, per process.
+    pub cpu_pct: BTreeMap<String, f64>,
+    /// Resident memory of the server under test (highest VmRSS sampled, VmHWM at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// Successes (202 / PubAck) and what the stream holds afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct E2ePhase {
+    pub rate: f64,
+    pub partitions: u32,
+    pub spread: String,
+    pub ingress: LoadReport,
+    pub report: E2eReport,
+    pub memory: BTreeMap<String, Memory>,
+    pub cpu_pct: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScaleRun {
+    pub replicas: usize,
+    pub concurrency: usize,
+    pub partitions: u32,
+    pub bot_ms: u64,
+    pub events: u64,
+    pub report: E2eReport,
+    /// Replies per second while the backlog drained (10th to 90th percentile of replies).
+    pub throughput: f64,
+    /// min(partitions, replicas x concurrency) / bot latency.
+    pub bound: f64,
+    pub speedup: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub pass: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub nats_server: String,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub schema: u32,
+    pub started_at: String,
+    pub wall_s: f64,
+    pub git: BTreeMap<String, String>,
+    pub machine: Machine,
+    pub options: BenchOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bare: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_publish: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<PhaseReport>,
+    /// Ingress full-speed throughput over each ceiling.
+    pub ratios: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<E2ePhase>,
+    /// The same run with conversations hashed to partitions at random (informational: shows
+    /// what waiting behind another conversation's turn costs at this partition count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_random: Option<E2ePhase>,
+    pub scaling: Vec<ScaleRun>,
+    pub checks: Vec<Check>,
+}
+
+/// Starts and stops the processes of the phases.
+struct Harness {
+    options: BenchOptions,
+    run_dir: tempfile::TempDir,
+    logs: PathBuf,
+    http: reqwest::Client,
+    nats_bin: PathBuf,
+    self_exe: PathBuf,
+    run_tag: String,
+}
+
+fn nats_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+fn port() -> u16 {
+    crate::nats_server::free_port()
+}
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// A server process and where to reach it.
+struct Running {
+    proc: Proc,
+    base: String,
+}
+
+impl Harness {
+    fn bin(&self, name: &str) -> PathBuf {
+        self.options.bin_dir.join(name)
+    }
+
+    async fn nats(&self, tag: &str) -> anyhow::Result<Running> {
+        let port = port();
+        let store = self.run_dir.path().join(format!("js-{tag}"));
+        let proc = Proc::spawn(
+            &format!("nats-server-{tag}"),
+            &self.nats_bin,
+            &[
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-js".into(),
+                "-sd".into(),
+                store.display().to_string(),
+            ],
+            &[],
+            &self.logs,
+        )?;
+        procs::wait_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).await?;
+        Ok(Running {
+            proc,
+            base: format!("nats://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn ingress(&self, tag: &str, nats: &str, partitions: u32) -> anyhow::Result<Running> {
+        let port = port();
+        let proc = Proc::spawn(
+            &format!("ingress-{tag}"),
+            &self.bin("ingress"),
+            &[],
+            &vars(&[
+                ("NATS_URL", nats.into()),
+                ("INGRESS_LISTEN", format!("127.0.0.1:{port}")),
+                ("METRICS_LISTEN", format!("127.0.0.1:{}", self::port())),
+                ("KHOROS_AUTH", "hmac".into()),
+                ("KHOROS_HMAC_KEYS", format!("{HMAC_KEY}={HMAC_SECRET}")),
+                ("PARTITIONS", partitions.to_string()),
+                ("JS_STORAGE", "file".into()),
+                ("RUST_LOG", "info".into()),
+            ]),
+            &self.logs,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        procs::wait_http_ok(
+            &self.http,
+            &format!("{base}/readyz"),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("ingress readiness")?;
+        Ok(Running { proc, base })
+    }
+
+    async fn bare(&self) -> anyhow::Result<Running> {
+        let port = port();
+        let proc = Proc::spawn(
+            "bare-server",
+            &self.self_exe,
+            &[
+                "bare-server".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            &[],
+            &self.logs,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        procs::wait_http_ok(
+            &self.http,
+            &format!("{base}/readyz"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        Ok(Running { proc, base })
+    }
+
+    async fn khoros_sim(&self, tag: &str) -> anyhow::Result<Running> {
+        let port = port();
+        let proc = Proc::spawn(
+            &format!("khoros-sim-{tag}"),
+            &self.bin("khoros-sim"),
+            &[],
+            &vars(&[
+                ("KHOROS_SIM_LISTEN", format!("127.0.0.1:{port}")),
+                ("KHOROS_SIM_APP_ID", APP_ID.into()),
+                ("KHOROS_SIM_TOKEN", BOT_TOKEN.into()),
+                ("RUST_LOG", "warn".into()),
+            ]),
+            &self.logs,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        procs::wait_http_ok(
+            &self.http,
+            &format!("{base}/sim/state"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        Ok(Running { proc, base })
+    }
+
+    async fn kore_sim(&self, tag: &str, latency_ms: u64) -> anyhow::Result<Running> {
+        let port = port();
+        let proc = Proc::spawn(
+            &format!("kore-sim-{tag}"),
+            &self.bin("kore-sim"),
+            &[],
+            &vars(&[
+                ("KORE_SIM_LISTEN", format!("127.0.0.1:{port}")),
+                ("KORE_SIM_LATENCY", format!("{latency_ms}ms")),
+                ("KORE_SIM_RECORD_LIMIT", "1000".into()),
+                ("RUST_LOG", "warn".into()),
+            ]),
+            &self.logs,
+        )?;
+        procs::wait_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).await?;
+        Ok(Running {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn worker(
+        &self,
+        tag: &str,
+        nats: &str,
+        khoros: &str,
+        kore: &str,
+        partitions: u32,
+        concurrency: usize,
+        types: &str,
+    ) -> anyhow::Result<Running> {
+        let port = port();
+        let proc = Proc::spawn(
+            &format!("worker-{tag}"),
+            &self.bin("worker"),
+            &[],
+            &vars(&[
+                ("NATS_URL", nats.into()),
+                ("WORKER_LISTEN", format!("127.0.0.1:{port}")),
+                ("METRICS_LISTEN", format!("127.0.0.1:{}", self::port())),
+                ("KHOROS_APP_ID", APP_ID.into()),
+                ("KHOROS_API_URL", khoros.into()),
+                ("KHOROS_TOKEN", BOT_TOKEN.into()),
+                ("KORE_URL", kore.into()),
+                ("KORE_BOT_ID", KORE_BOT_ID.into()),
+                ("KORE_CLIENT_ID", KORE_CLIENT_ID.into()),
+                ("KORE_CLIENT_SECRET", KORE_CLIENT_SECRET.into()),
+                ("PARTITIONS", partitions.to_string()),
+                ("WORKER_CONCURRENCY", concurrency.to_string()),
+                ("WORKER_EVENT_TYPES", types.into()),
+                ("RUST_LOG", "info".into()),
+            ]),
+            &self.logs,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        procs::wait_http_ok(
+            &self.http,
+            &format!("{base}/readyz"),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("worker readiness")?;
+        Ok(Running { proc, base })
+    }
+
+    fn events(
+        &self,
+        tag: &str,
+        partitions: u32,
+        update_every: u64,
+        spread: Spread,
+    ) -> Arc<EventSource> {
+        Arc::new(EventSource::new(
+            &format!("{}{tag}", self.run_tag),
+            APP_ID,
+            partitions,
+            self.options.conversations.max(partitions as usize),
+            update_every,
+            spread,
+        ))
+    }
+
+    fn http_target(&self, url: &str, events: Arc<EventSource>) -> anyhow::Result<HttpTarget> {
+        HttpTarget::new(
+            url,
+            Some(HmacCredentials {
+                api_key: HMAC_KEY.into(),
+                secret: Secret::new(HMAC_SECRET),
+            }),
+            events,
+        )
+    }
+
+    fn max_load(&self) -> Load {
+        Load {
+            pace: Pace::Closed,
+            connections: self.options.connections,
+            warmup: Duration::from_secs_f64(self.options.warmup_s),
+            duration: Duration::from_secs_f64(self.options.max_s),
+            timeout: Duration::from_secs(10),
+            first_seq: 0,
+        }
+    }
+
+    fn fixed_load(&self, first_seq: u64) -> Load {
+        Load {
+            pace: Pace::Rate(self.options.fixed_rate),
+            connections: self.options.fixed_connections,
+            warmup: Duration::from_secs_f64(self.options.warmup_s),
+            duration: Duration::from_secs_f64(self.options.fixed_s),
+            timeout: Duration::from_secs(10),
+            first_seq,
+        }
+    }
+
+    /// Full speed then fixed rate against `target`, metering `procs` and sampling `watch`'s memory.
+    async fn two_loads<T: Target>(
+        &self,
+        name: &str,
+        target: Arc<T>,
+        procs: &[(String, u32)],
+        watch: Option<u32>,
+    ) -> (PhaseReport, Measured, Measured) {
+        let sampler = watch.map(|pid| {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            let task = tokio::spawn(async move {
+                let mut peak = Memory::default();
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(m) = Memory::of(pid) {
+                        peak.rss_kb = peak.rss_kb.max(m.rss_kb);
+                        peak.hwm_kb = m.hwm_kb;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                peak
+            });
+            (stop, task)
+        });
+        let load = self.max_load();
+        let meter = CpuMeter::start(procs);
+        let max = driver::run(target.clone(), load).await;
+        let cpu_pct = meter.finish();
+        let report_max = LoadReport::new(&load, &max);
+        println!("  {name:<12} {}", report_max.line());
+        let fixed_load = self.fixed_load(max.sent + 1);
+        let fixed = driver::run(target, fixed_load).await;
+        let report_fixed = LoadReport::new(&fixed_load, &fixed);
+        println!("  {name:<12} {}", report_fixed.line());
+        let memory = match sampler {
+            Some((stop, task)) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut peak = task.await.unwrap_or_default();
+                if let Some(m) = watch.and_then(Memory::of) {
+                    peak.hwm_kb = m.hwm_kb;
+                    peak.rss_kb = peak.rss_kb.max(m.rss_kb);
+                }
+                Some(peak)
+            }
+            None => None,
+        };
+        (
+            PhaseReport {
+                max: report_max,
+                fixed: report_fixed,
+                cpu_pct,
+                memory,
+                accepted: None,
+                stored: None,
+            },
+            max,
+            fixed,
+        )
+    }
+
+    async fn stored_events(&self, nats: &str) -> anyhow::Result<u64> {
+        let js = jetstream::new(async_nats::connect(nats).await?);
+        let mut stream = js.get_stream(EVENTS_STREAM).await?;
+        Ok(stream.info().await?.state.messages)
+    }
+
+    async fn phase_bare(&self) -> anyhow::Result<PhaseReport> {
+        let mut server = self.bare().await?;
+        let target = Arc::new(self.http_target(
+            &format!("{}{EVENTS_PATH}", server.base),
+            self.events(
+                "b",
+                self.options.partitions,
+                self.options.update_every,
+                Spread::Even,
+            ),
+        )?);
+        let procs = [
+            ("bare-server".to_string(), server.proc.pid()),
+            ("loadgen".to_string(), std::process::id()),
+        ];
+        let (report, ..) = self
+            .two_loads("bare", target, &procs, Some(server.proc.pid()))
+            .await;
+        server.proc.stop(Duration::from_secs(2));
+        Ok(report)
+    }
+
+    async fn phase_publish(&self) -> anyhow::Result<PhaseReport> {
+        let mut nats = self.nats("publish").await?;
+        let client = async_nats::connect(&nats.base).await?;
+        let js = jetstream::new(client.clone());
+        let env = Env::from_pairs([("PARTITIONS", self.options.partitions.to_string())]);
+        Topology::new(TopologyConfig::from_env(&env)?)
+            .ensure(&js)
+            .await?;
+        let target = Arc::new(PublishTarget::new(
+            js,
+            self.events(
+                "p",
+                self.options.partitions,
+                self.options.update_every,
+                Spread::Even,
+            ),
+        ));
+        let procs = [
+            ("nats-server".to_string(), nats.proc.pid()),
+            ("loadgen".to_string(), std::process::id()),
+        ];
+        let (mut report, max, fixed) = self.two_loads("raw publish", target, &procs, None).await;
+        report.accepted = Some(max.ok_total + fixed.ok_total);
+        report.stored = Some(self.stored_events(&nats.base).await?);
+        drop(client);
+        nats.proc.stop(Duration::from_secs(2));
+        Ok(report)
+    }
+
+    async fn phase_ingress(&self) -> anyhow::Result<PhaseReport> {
+        let mut nats = self.nats("ingress").await?;
+        let mut ingress = self
+            .ingress("bench", &nats.base, self.options.partitions)
+            .await?;
+        let target = Arc::new(self.http_target(
+            &format!("{}{EVENTS_PATH}", ingress.base),
+            self.events(
+                "i",
+                self.options.partitions,
+                self.options.update_every,
+                Spread::Even,
+            ),
+        )?);
+        let procs = [
+            ("ingress".to_string(), ingress.proc.pid()),
+            ("nats-server".to_string(), nats.proc.pid()),
+            ("loadgen".to_string(), std::process::id()),
+        ];
+        let (mut report, max, fixed) = self
+            .two_loads("ingress", target, &procs, Some(ingress.proc.pid()))
+            .await;
+        ingress.proc.check_alive()?;
+        report.accepted = Some(max.ok_total + fixed.ok_total);
+        report.stored = Some(self.stored_events(&nats.base).await?);
+        ingress.proc.stop(Duration::from_secs(5));
+        nats.proc.stop(Duration::from_secs(2));
+        Ok(report)
+    }
+
+    /// Waits until every consumer of the events stream has `per_consumer` pull requests waiting
+    /// (every worker replica is consuming), with at least `consumers` consumers.
+    async fn wait_consumers(
+        &self,
+        nats: &str,
+        consumers: usize,
+        per_consumer: usize,
+    ) -> anyhow::Result<()> {
+        let js = jetstream::new(async_nats::connect(nats).await?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stream = js.get_stream(EVENTS_STREAM).await?;
+            let mut names = stream.consumer_names();
+            let (mut found, mut ready) = (0, 0);
+            while let Some(name) = names.next().await {
+                found += 1;
+                if stream.consumer_info(name?).await?.num_waiting >= per_consumer {
+                    ready += 1;
+                }
+            }
+            if found >= consumers && ready >= consumers {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("only {ready}/{consumers} consumers ready after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the replies to `expected` messages and for every event to be acknowledged.
+    async fn settle(
+        &self,
+        khoros: &str,
+        nats: &str,
+        expected: u64,
+    ) -> anyhow::Result<(Vec<e2e::Reply>, u64)> {
+        e2e::wait_for_calls(&self.http, khoros, expected, Duration::from_secs(10)).await?;
+        let js = jetstream::new(async_nats::connect(nats).await?);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut left = e2e::unprocessed(&js).await?;
+        while left > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            left = e2e::unprocessed(&js).await?;
+        }
+        // A late duplicate would show up now.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok((e2e::fetch_replies(&self.http, khoros).await?, left))
+    }
+
+    async fn phase_e2e(&self, spread: Spread) -> anyhow::Result<E2ePhase> {
+        let label = match spread {
+            Spread::Even => "e2e",
+            Spread::Random => "e2e random",
+        };
+        let o = &self.options;
+        let partitions = o.e2e_partitions;
+        let tag = label.replace(' ', "-");
+        let mut nats = self.nats(&tag).await?;
+        let mut ingress = self.ingress(&tag, &nats.base, partitions).await?;
+        let mut khoros = self.khoros_sim(&tag).await?;
+        let mut kore = self.kore_sim(&tag, o.e2e_bot_ms).await?;
+        let mut worker = self
+            .worker(
+                &tag,
+                &nats.base,
+                &khoros.base,
+                &kore.base,
+                partitions,
+                64,
+                "message,update,control",
+            )
+            .await?;
+        self.wait_consumers(&nats.base, partitions as usize * 3, 1)
+            .await?;
+        let events = self.events(
+            if spread == Spread::Even { "e" } else { "r" },
+            partitions,
+            o.update_every,
+            spread,
+        );
+        let (accepted, observer) = e2e::recorder();
+        let target = Arc::new(
+            self.http_target(&format!("{}{EVENTS_PATH}", ingress.base), events)?
+                .with_observer(observer),
+        );
+        // The message rate is the target; updates come on top of it.
+        let event_rate = match o.update_every {
+            0 | 1 => o.e2e_rate,
+            n => o.e2e_rate * n as f64 / (n - 1) as f64,
+        };
+        let load = Load {
+            pace: Pace::Rate(event_rate),
+            connections: 16,
+            warmup: Duration::from_secs(3),
+            duration: Duration::from_secs_f64(o.e2e_s),
+            timeout: Duration::from_secs(10),
+            first_seq: 0,
+        };
+        let anchor = Anchor::now();
+        let procs = [
+            ("ingress".to_string(), ingress.proc.pid()),
+            ("worker".to_string(), worker.proc.pid()),
+            ("nats-server".to_string(), nats.proc.pid()),
+            ("khoros-sim".to_string(), khoros.proc.pid()),
+            ("kore-sim".to_string(), kore.proc.pid()),
+            ("loadgen".to_string(), std::process::id()),
+        ];
+        let meter = CpuMeter::start(&procs);
+        let measured = driver::run(target, load).await;
+        let cpu_pct = meter.finish();
+        let ingress_report = LoadReport::new(&load, &measured);
+        println!("  {label:<12} ingress ack: {}", ingress_report.line());
+        let expected = accepted.lock().expect("recorder").messages.len() as u64;
+        let (replies, left) = self.settle(&khoros.base, &nats.base, expected).await?;
+        let mut report = {
+            let accepted = accepted.lock().expect("recorder");
+            e2e::analyse(
+                &accepted,
+                &replies,
+                &anchor,
+                measured.started + load.warmup,
+                Duration::from_millis(o.e2e_bot_ms),
+            )
+        };
+        report.unprocessed = Some(left);
+        let mut memory = BTreeMap::new();
+        for (name, p) in [("ingress", &ingress.proc), ("worker", &worker.proc)] {
+            if let Some(m) = p.memory() {
+                memory.insert(name.to_string(), m);
+            }
+        }
+        println!(
+            "  {label:<12} end to end: {}\n  {label:<12} overhead:   {}\n  {label:<12} messages {} updates {} replies {} duplicates {} lost {} unprocessed {}",
+            report.end_to_end.line(),
+            report.overhead.line(),
+            report.messages_accepted,
+            report.updates_accepted,
+            report.replies,
+            report.duplicates,
+            report.lost,
+            left
+        );
+        ingress.proc.check_alive()?;
+        worker.proc.check_alive()?;
+        for p in [
+            &mut worker.proc,
+            &mut ingress.proc,
+            &mut khoros.proc,
+            &mut kore.proc,
+        ] {
+            p.stop(Duration::from_secs(5));
+        }
+        nats.proc.stop(Duration::from_secs(2));
+        Ok(E2ePhase {
+            rate: o.e2e_rate,
+            partitions,
+            spread: match spread {
+                Spread::Even => "evenly",
+                Spread::Random => "at random",
+            }
+            .into(),
+            ingress: ingress_report,
+            report,
+            memory,
+            cpu_pct,
+        })
+    }
+
+    async fn scale_run(&self, replicas: usize) -> anyhow::Result<ScaleRun> {
+        let o = &self.options;
+        let tag = format!("scale{replicas}");
+        let partitions = o.scale_partitions;
+        let mut nats = self.nats(&tag).await?;
+        let mut ingress = self.ingress(&tag, &nats.base, partitions).await?;
+        let mut khoros = self.khoros_sim(&tag).await?;
+        let mut kore = self.kore_sim(&tag, o.scale_bot_ms).await?;
+        let mut workers = Vec::new();
+        for i in 0..replicas {
+            workers.push(
+                self.worker(
+                    &format!("{tag}-{i}"),
+                    &nats.base,
+                    &khoros.base,
+                    &kore.base,
+                    partitions,
+                    o.scale_concurrency,
+                    "message",
+                )
+                .await?,
+            );
+        }
+        self.wait_consumers(&nats.base, partitions as usize, replicas)
+            .await?;
+        let bot = o.scale_bot_ms as f64 / 1000.0;
+        let bound = (partitions as usize).min(replicas * o.scale_concurrency) as f64 / bot;
+        // A partition's successive events go to the replicas in turn (each asks again only
+        // after it acknowledged), so the backlog holds the same number of events per partition
+        // for every replica; otherwise the replica that got one event more per partition would
+        // still be busy while the others idle at the end of the backlog.
+        let per_round = u64::from(partitions) * replicas as u64;
+        let rounds = ((bound * o.scale_backlog_s) / per_round as f64)
+            .ceil()
+            .max(1.0) as u64;
+        let events = per_round * rounds;
+        let (accepted, observer) = e2e::recorder();
+        let target = Arc::new(
+            self.http_target(
+                &format!("{}{EVENTS_PATH}", ingress.base),
+                self.events(&format!("s{replicas}"), partitions, 0, Spread::Even),
+            )?
+            .with_observer(observer),
+        );
+        // The backlog goes in far faster than the workers drain it.
+        let rate = 2000.0;
+        let load = Load {
+            pace: Pace::Rate(rate),
+            connections: 32,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs_f64(events as f64 / rate),
+            timeout: Duration::from_secs(10),
+            first_seq: 0,
+        };
+        let anchor = Anchor::now();
+        let measured = driver::run(target, load).await;
+        let expected = accepted.lock().expect("recorder").messages.len() as u64;
+        let (replies, left) = self.settle(&khoros.base, &nats.base, expected).await?;
+        let mut report = {
+            let accepted = accepted.lock().expect("recorder");
+            e2e::analyse(
+                &accepted,
+                &replies,
+                &anchor,
+                measured.started,
+                Duration::from_millis(o.scale_bot_ms),
+            )
+        };
+        report.unprocessed = Some(left);
+        let throughput = e2e::drain_rate(&replies);
+        println!(
+            "  {:<12} {replicas} worker(s) x {} concurrency, {partitions} partitions: {throughput:.1} replies/s (bound {bound:.0}/s), {} events, {} replies, {} duplicates, {} lost",
+            "scaling", o.scale_concurrency, expected, report.replies, report.duplicates, report.lost
+        );
+        for w in &mut workers {
+            w.proc.check_alive()?;
+            w.proc.stop(Duration::from_secs(5));
+        }
+        for p in [&mut ingress.proc, &mut khoros.proc, &mut kore.proc] {
+            p.stop(Duration::from_secs(5));
+        }
+        nats.proc.stop(Duration::from_secs(2));
+        Ok(ScaleRun {
+            replicas,
+            concurrency: o.scale_concurrency,
+            partitions,
+            bot_ms: o.scale_bot_ms,
+            events: expected,
+            report,
+            throughput,
+            bound,
+            speedup: 0.0,
+        })
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text).trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn machine(nats_bin: &Path) -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        nats_server: command_output(&nats_bin.display().to_string(), &["--version"]),
+        load_before: read_trim("/proc/loadavg"),
+        load_after: String::new(),
+    }
+}
+
+fn git() -> BTreeMap<String, String> {
+    let mut info = BTreeMap::new();
+    info.insert(
+        "commit".into(),
+        command_output("git", &["rev-parse", "--short=12", "HEAD"]),
+    );
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    info.insert("dirty".into(), dirty.to_string());
+    info
+}
+
+/// `YYYYMMDDTHHMMSSZ` for epoch seconds (UTC).
+pub fn utc_stamp(epoch_s: i64) -> String {
+    let days = epoch_s.div_euclid(86_400);
+    let secs = epoch_s.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Runs the benchmark, prints the table and writes the results.
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let stamp = utc_stamp(epoch);
+    let run_dir = tempfile::Builder::new().prefix("bridge-bench-").tempdir()?;
+    let logs = options.out_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let harness = Harness {
+        nats_bin: nats_binary(),
+        self_exe: std::env::current_exe()?,
+        run_tag: format!("{:x}", rand::random::<u32>()),
+        http: reqwest::Client::new(),
+        logs,
+        run_dir,
+        options: options.clone(),
+    };
+    for bin in ["ingress", "worker", "khoros-sim", "kore-sim"] {
+        let path = harness.bin(bin);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing: build with cargo build --release",
+            path.display()
+        );
+    }
+    let mut report = BenchReport {
+        schema: 1,
+        started_at: stamp.clone(),
+        wall_s: 0.0,
+        git: git(),
+        machine: machine(&harness.nats_bin),
+        options: options.clone(),
+        bare: None,
+        raw_publish: None,
+        ingress: None,
+        ratios: BTreeMap::new(),
+        e2e: None,
+        e2e_random: None,
+        scaling: Vec::new(),
+        checks: Vec::new(),
+    };
+    println!(
+        "benchmark {stamp}: {} cpus, load average {}",
+        report.machine.cpus, report.machine.load_before
+    );
+    if options.runs("bare") {
+        println!("[1/5] bare HTTP server (the HTTP ceiling)");
+        report.bare = Some(harness.phase_bare().await?);
+    }
+    if options.runs("publish") {
+        println!("[2/5] raw JetStream publish (the broker ceiling)");
+        report.raw_publish = Some(harness.phase_publish().await?);
+    }
+    if options.runs("ingress") {
+        println!("[3/5] ingress (HMAC v2, file storage)");
+        report.ingress = Some(harness.phase_ingress().await?);
+    }
+    if options.runs("e2e") {
+        println!("[4/5] end to end");
+        report.e2e = Some(harness.phase_e2e(Spread::Even).await?);
+        report.e2e_random = Some(harness.phase_e2e(Spread::Random).await?);
+    }
+    if options.runs("scaling") {
+        println!("[5/5] worker scaling");
+        for &replicas in &options.scale_replicas {
+            report.scaling.push(harness.scale_run(replicas).await?);
+        }
+        let base = report.scaling.first().map_or(0.0, |s| s.throughput);
+        for s in &mut report.scaling {
+            s.speedup = if base > 0.0 {
+                (s.throughput / base * 100.0).round() / 100.0
+            } else {
+                0.0
+            };
+        }
+    }
+    report.machine.load_after = read_trim("/proc/loadavg");
+    report.wall_s = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    fill_ratios_and_checks(&mut report);
+    let table = super::table::render(&report);
+    println!("\n{table}");
+    let results = options.out_dir.join("results");
+    std::fs::create_dir_all(&results)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(results.join(format!("{stamp}.json")), &json)?;
+    std::fs::write(options.out_dir.join("latest.json"), &json)?;
+    std::fs::write(options.out_dir.join("latest.md"), &table)?;
+    println!(
+        "results: {} and {}",
+        results.join(format!("{stamp}.json")).display(),
+        options.out_dir.join("latest.json").display()
+    );
+    Ok(report)
+}
+
+fn fill_ratios_and_checks(report: &mut BenchReport) {
+    let ingress = report.ingress.as_ref().map(|p| p.max.throughput_rps);
+    let bare = report.bare.as_ref().map(|p| p.max.throughput_rps);
+    let raw = report.raw_publish.as_ref().map(|p| p.max.throughput_rps);
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+    let mut checks = Vec::new();
+    if let Some(i) = ingress {
+        if let Some(b) = bare {
+            report
+                .ratios
+                .insert("ingress_over_bare".into(), ratio(i, b));
+        }
+        if let Some(r) = raw {
+            report
+                .ratios
+                .insert("ingress_over_raw_publish".into(), ratio(i, r));
+        }
+        if let (Some(b), Some(r)) = (bare, raw) {
+            // The ingress does one HTTP exchange and two JetStream writes (replay guard, event)
+            // per event on the same cores that each ceiling had to itself.
+            let series = 1.0 / (1.0 / b + 2.0 / r);
+            report
+                .ratios
+                .insert("series_bound_rps".into(), series.round());
+            report
+                .ratios
+                .insert("ingress_over_series_bound".into(), ratio(i, series));
+            let lower = b.min(r);
+            let x = ratio(i, lower);
+            report.ratios.insert("ingress_over_lower_ceiling".into(), x);
+            checks.push(Check {
+                name: "ingress throughput / lower ceiling".into(),
+                target: ">= 0.80".into(),
+                measured: format!("{x:.2} ({i:.0} / {lower:.0} req/s)"),
+                pass: x >= 0.8,
+            });
+        }
+    }
+    if let Some(p) = &report.ingress {
+        checks.push(Check {
+            name: format!(
+                "ingress ack p99 at {:.0} req/s",
+                p.fixed.rate.unwrap_or(0.0)
+            ),
+            target: "<= 5 ms".into(),
+            measured: format!("{:.2} ms", p.fixed.latency.p99_ms),
+            pass: p.fixed.latency.p99_ms <= 5.0 && p.fixed.failed == 0,
+        });
+        if let Some(m) = p.memory {
+            let mb = m.rss_kb.max(m.hwm_kb) as f64 / 1024.0;
+            checks.push(Check {
+                name: "ingress resident memory under load (VmHWM)".into(),
+                target: "<= 64 MB".into(),
+                measured: format!("{mb:.1} MB"),
+                pass: mb <= 64.0,
+            });
+        }
+    }
+    if let Some(e) = &report.e2e {
+        checks.push(Check {
+            name: format!(
+                "pipeline overhead p99 at {:.0} msg/s, {:.0} ms bot",
+                e.rate, e.report.bot_latency_ms
+            ),
+            target: "<= 10 ms".into(),
+            measured: format!("{:.2} ms", e.report.overhead.p99_ms),
+            pass: e.report.overhead.p99_ms <= 10.0 && e.report.end_to_end.count > 0,
+        });
+    }
+    for s in report.scaling.iter().skip(1) {
+        let need = match s.replicas {
+            2 => 1.8,
+            4 => 3.2,
+            n => n as f64 * 0.8,
+        };
+        checks.push(Check {
+            name: format!("worker speed-up with {} replicas", s.replicas),
+            target: format!(">= {need:.1}x"),
+            measured: format!("{:.2}x", s.speedup),
+            pass: s.speedup >= need,
+        });
+    }
+    // No loss and no duplicate anywhere.
+    let mut problems = Vec::new();
+    for (name, phase) in [
+        ("raw publish", &report.raw_publish),
+        ("ingress", &report.ingress),
+    ] {
+        if let Some(p) = phase {
+            if let (Some(a), Some(s)) = (p.accepted, p.stored) {
+                if a != s {
+                    problems.push(format!("{name}: {a} acknowledged, {s} stored"));
+                }
+            }
+        }
+    }
+    for (name, phase) in [
+        ("bare", &report.bare),
+        ("raw publish", &report.raw_publish),
+        ("ingress", &report.ingress),
+    ] {
+        if let Some(p) = phase {
+            let failed = p.max.failed + p.fixed.failed;
+            if failed > 0 {
+                problems.push(format!("{name}: {failed} failed requests"));
+            }
+        }
+    }
+    let e2e_reports = report
+        .e2e
+        .iter()
+        .map(|e| ("e2e".to_string(), &e.report))
+        .chain(
+            report
+                .e2e_random
+                .iter()
+                .map(|e| ("e2e random".to_string(), &e.report)),
+        )
+        .chain(
+            report
+                .scaling
+                .iter()
+                .map(|s| (format!("scaling x{}", s.replicas), &s.report)),
+        );
+    for (name, r) in e2e_reports {
+        if !r.clean() {
+            problems.push(format!(
+                "{name}: {} lost, {} duplicates, {} unexpected, {} unprocessed",
+                r.lost,
+                r.duplicates,
+                r.unexpected,
+                r.unprocessed.unwrap_or(0)
+            ));
+        }
+    }
+    checks.push(Check {
+        name: "no loss, no duplicate reply, no failed request".into(),
+        target: "0".into(),
+        measured: if problems.is_empty() {
+            "0".into()
+        } else {
+            problems.join("; ")
+        },
+        pass: problems.is_empty(),
+    });
+    report.checks = checks;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_700_000_000), "20231114T221320Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+    }
+}

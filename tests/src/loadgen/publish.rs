@@ -1,0 +1,58 @@
+//! The broker ceiling: the same events published straight to JetStream with the ingress'
+//! subjects and headers, each awaited until its PubAck. No HTTP, no authentication.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use shared::auth::{Clock, SystemClock};
+use shared::routing::{self, headers};
+
+use super::driver::{Failure, Job, Target};
+use super::events::EventSource;
+
+/// Publishes generated events over one NATS connection (as the ingress does).
+pub struct PublishTarget {
+    js: jetstream::Context,
+    events: Arc<EventSource>,
+}
+
+impl PublishTarget {
+    pub fn new(js: jetstream::Context, events: Arc<EventSource>) -> Self {
+        Self { js, events }
+    }
+}
+
+impl Target for PublishTarget {
+    type Conn = ();
+
+    async fn connect(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn send(&self, _conn: &mut (), job: Job) -> Result<(), Failure> {
+        let now_ms = SystemClock.now_ms();
+        let event = self.events.event(job.seq, now_ms);
+        let mut h = HeaderMap::new();
+        h.insert(headers::MSG_ID, event.request_id.as_str());
+        h.insert(headers::REQUEST_ID, event.request_id.as_str());
+        h.insert(headers::RECEIVED_AT, now_ms.to_string().as_str());
+        h.insert(headers::EVENT_TYPE, event.kind.as_str());
+        if let Some(op) = event.operation {
+            h.insert(headers::OPERATION, routing::type_token(op).as_str());
+        }
+        h.insert(headers::PARTITION, event.partition.to_string().as_str());
+        let subject = routing::event_subject(event.kind.as_str(), event.partition);
+        let message = PublishMessage::build()
+            .headers(h)
+            .payload(Bytes::from(event.body));
+        let ack = self
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|_| Failure::Transport("publish"))?;
+        ack.await.map_err(|_| Failure::Transport("puback"))?;
+        Ok(())
+    }
+}
