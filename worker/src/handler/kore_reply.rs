@@ -15,20 +15,8 @@ pub async fn handle(
     h: &Arc<Handlers>,
     env: &Envelope,
 ) -> Result<(Settle, &'static str), WorkerError> {
-    let value: Value = match serde_json::from_slice(&env.payload) {
-        Ok(v) => v,
-        Err(e) => {
-            h.dead_letter(
-                env,
-                "parse",
-                "-",
-                &format!("not JSON: {e}"),
-                "",
-                env.delivered as u64,
-            )
-            .await?;
-            return Ok((Settle::Term, "dead_lettered"));
-        }
+    let Some(value) = h.parse_or_dead_letter::<Value>(env, "JSON").await? else {
+        return Ok((Settle::Term, "dead_lettered"));
     };
     let Some(user) = delivery_recipient(&value) else {
         h.dead_letter(

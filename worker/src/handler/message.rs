@@ -40,20 +40,11 @@ pub async fn handle(
     h: &Arc<Handlers>,
     env: &Envelope,
 ) -> Result<(Settle, &'static str), WorkerError> {
-    let event: MessageEvent = match serde_json::from_slice(&env.payload) {
-        Ok(event) => event,
-        Err(e) => {
-            h.dead_letter(
-                env,
-                "parse",
-                "-",
-                &format!("not a message event: {e}"),
-                "",
-                env.delivered as u64,
-            )
-            .await?;
-            return Ok((Settle::Term, "dead_lettered"));
-        }
+    let Some(event) = h
+        .parse_or_dead_letter::<MessageEvent>(env, "a message event")
+        .await?
+    else {
+        return Ok((Settle::Term, "dead_lettered"));
     };
     let key = Conversations::key(&event.coordinate, &event.author);
     let received_at = env.received_at_ms.unwrap_or_else(|| h.now_ms());

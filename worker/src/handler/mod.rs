@@ -88,6 +88,24 @@ impl Handlers {
         SystemClock.now_ms()
     }
 
+    /// The payload as `T`; when it is not one, the delivery is dead-lettered (step `parse`)
+    /// and `None` comes back, so the caller terminates it.
+    pub async fn parse_or_dead_letter<T: serde::de::DeserializeOwned>(
+        &self,
+        env: &Envelope,
+        what: &str,
+    ) -> Result<Option<T>, WorkerError> {
+        match serde_json::from_slice(&env.payload) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                let error = format!("not {what}: {e}");
+                self.dead_letter(env, "parse", "-", &error, "", env.delivered as u64)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Publishes a dead letter for this delivery.
     pub async fn dead_letter(
         &self,

@@ -14,20 +14,8 @@ pub async fn handle(
     h: &Arc<Handlers>,
     env: &Envelope,
 ) -> Result<(Settle, &'static str), WorkerError> {
-    let event: Event = match serde_json::from_slice(&env.payload) {
-        Ok(event) => event,
-        Err(e) => {
-            h.dead_letter(
-                env,
-                "parse",
-                "-",
-                &format!("not an event: {e}"),
-                "",
-                env.delivered as u64,
-            )
-            .await?;
-            return Ok((Settle::Term, "dead_lettered"));
-        }
+    let Some(event) = h.parse_or_dead_letter::<Event>(env, "an event").await? else {
+        return Ok((Settle::Term, "dead_lettered"));
     };
     let now = env.received_at_ms.unwrap_or_else(|| h.now_ms());
     let app_id = h.config.app_id.clone();
