@@ -21,8 +21,21 @@ pub struct IngressConfig {
     pub events_path: String,
     /// `KHOROS_AUTH` and its credentials.
     pub auth: Authenticator,
-    /// `MAX_BODY_BYTES`: larger bodies get 413.
+    /// `MAX_BODY_BYTES`: larger bodies get 413 (so do bodies the NATS server's
+    /// `max_payload` could never take, whatever this says).
     pub max_body_bytes: usize,
+    /// `BODY_READ_TIMEOUT`: a body must arrive within this after its headers (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// `BODY_BUDGET_BYTES`: bodies being read at once, in bytes, across all connections;
+    /// half of it is reserved for bodies of at most 64 KiB. Over budget: 503.
+    pub body_budget_bytes: usize,
+    /// `HEADER_READ_TIMEOUT`: request headers must arrive within this; also how long an idle
+    /// keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// `MAX_CONNECTIONS`: open connections at once on the webhook listener.
+    pub max_connections: usize,
+    /// `INGRESS_WORKER_THREADS`: runtime threads (default: one per core).
+    pub worker_threads: Option<usize>,
     /// `PUBLISH_TIMEOUT`: a PubAck slower than this is a 503.
     pub publish_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT`: how long in-flight requests may take after SIGTERM.
@@ -87,6 +100,14 @@ impl IngressConfig {
             events_path,
             auth,
             max_body_bytes: env.parse("MAX_BODY_BYTES", 1024 * 1024)?,
+            body_read_timeout: env.duration("BODY_READ_TIMEOUT", Duration::from_secs(10))?,
+            body_budget_bytes: env.parse("BODY_BUDGET_BYTES", 32 * 1024 * 1024)?,
+            header_read_timeout: env.duration("HEADER_READ_TIMEOUT", Duration::from_secs(10))?,
+            max_connections: env.parse("MAX_CONNECTIONS", 10_000)?,
+            worker_threads: match env.get("INGRESS_WORKER_THREADS") {
+                Some(_) => Some(env.parse("INGRESS_WORKER_THREADS", 0)?).filter(|&n| n > 0),
+                None => None,
+            },
             publish_timeout: env.duration("PUBLISH_TIMEOUT", Duration::from_secs(2))?,
             shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?,
             kore_callback: env

@@ -1,8 +1,9 @@
 //! `IngressError`: every way a webhook request can fail, and the status each one gets.
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use shared::auth::AuthFailure;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,10 +11,17 @@ pub enum IngressError {
     /// The reason is logged and counted; the caller learns nothing about which check failed.
     #[error("unauthorized: {0}")]
     Unauthorized(AuthFailure),
+    /// Over `MAX_BODY_BYTES`, or over what the NATS server could ever store.
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The body did not arrive within `BODY_READ_TIMEOUT`.
+    #[error("body not received within {0:?}")]
+    BodyTimeout(Duration),
+    /// The in-flight body budget is spent (a flood of large uploads); retry shortly.
+    #[error("too many request bodies in flight")]
+    Busy,
     /// JetStream could not take the event in time; Khoros will retry, dedup makes that safe.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
@@ -26,6 +34,8 @@ impl IngressError {
             IngressError::Unauthorized(_) => "unauthorized",
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
+            IngressError::BodyTimeout(_) => "timeout",
+            IngressError::Busy => "busy",
             IngressError::Unavailable(_) => "unavailable",
         }
     }
@@ -35,25 +45,39 @@ impl IngressError {
             IngressError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngressError::Busy | IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What the caller is told: specific for its own mistakes, nothing about our internals.
+    fn public_message(&self) -> String {
+        match self {
+            IngressError::Unauthorized(_) => "unauthorized".into(),
+            IngressError::Unavailable(_) => "event store unavailable, retry later".into(),
+            IngressError::Busy => "too many requests in flight, retry later".into(),
+            other => other.to_string(),
         }
     }
 }
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
-        let message = match &self {
-            IngressError::Unauthorized(_) => "unauthorized".to_string(),
-            IngressError::Unavailable(_) => "event store unavailable, retry later".to_string(),
-            other => other.to_string(),
-        };
-        let mut response =
-            (self.status(), Json(serde_json::json!({ "error": message }))).into_response();
-        if matches!(self, IngressError::Unavailable(_)) {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        let body = serde_json::json!({ "error": self.public_message() });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(
+            self,
+            IngressError::TooLarge { .. } | IngressError::BodyTimeout(_)
+        ) {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -1,130 +1,154 @@
-//! The request pipeline: raw request -> [`Authenticated`] -> [`Routed`] -> stored.
+//! The request pipeline, cheapest checks first: request id and credentials from the headers
+//! alone, then the declared size against what could ever be stored, then the body (within its
+//! deadline and the shared budget), the signature over it, the route, and one publish.
 //!
-//! The types only move forward, so an unauthenticated body cannot reach `publish`.
-
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+//! Only [`Intake::accept`] publishes, and only after the credentials were verified, so an
+//! unauthenticated body never reaches JetStream.
 
 use async_nats::HeaderMap as NatsHeaders;
-use axum::http::HeaderMap;
+use axum::extract::Request;
+use axum::http::{header, request::Parts, HeaderMap};
 use bytes::Bytes;
-use shared::auth::{AuthFailure, Authenticator, RequestParts, Verified};
+use shared::auth::{Authenticator, RequestParts, Verified};
 use shared::routing::{self, headers, RouteFields};
 
+use crate::body::BodyPolicy;
 use crate::error::IngressError;
 use crate::publish::{Publisher, Stored};
-use crate::replay::{ReplayGuard, Seen};
-use crate::telemetry;
+use crate::telemetry::HotMetrics;
 
 /// Longest `x-amzn-RequestId` accepted (Khoros sends UUIDs or 32 hex chars).
 const MAX_REQUEST_ID_LEN: usize = 256;
 
-/// A webhook request as received, before anything was checked.
-pub struct RawRequest {
-    pub method: String,
-    pub host: String,
-    pub path_and_query: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub received_at_ms: i64,
-}
-
-impl RawRequest {
-    /// `x-amzn-RequestId`, validated; `None` when absent or empty.
-    fn request_id(&self) -> Result<Option<String>, IngressError> {
-        let Some(value) = self.headers.get("x-amzn-requestid") else {
-            return Ok(None);
-        };
-        let id = value
-            .to_str()
-            .map_err(|_| IngressError::BadRequest("x-amzn-RequestId must be visible ASCII".into()))?
-            .trim();
-        if id.len() > MAX_REQUEST_ID_LEN {
-            return Err(IngressError::BadRequest(format!(
-                "x-amzn-RequestId longer than {MAX_REQUEST_ID_LEN} characters"
-            )));
-        }
-        Ok((!id.is_empty()).then(|| id.to_string()))
+/// `x-amzn-RequestId`, validated; `None` when absent or empty.
+pub fn request_id(headers: &HeaderMap) -> Result<Option<&str>, IngressError> {
+    let Some(value) = headers.get("x-amzn-requestid") else {
+        return Ok(None);
+    };
+    let id = value
+        .to_str()
+        .map_err(|_| IngressError::BadRequest("x-amzn-RequestId must be visible ASCII".into()))?
+        .trim();
+    if id.len() > MAX_REQUEST_ID_LEN {
+        return Err(IngressError::BadRequest(format!(
+            "x-amzn-RequestId longer than {MAX_REQUEST_ID_LEN} characters"
+        )));
     }
+    Ok((!id.is_empty()).then_some(id))
 }
 
-/// A request whose credentials were checked.
-pub struct Authenticated {
-    request: RawRequest,
-    proof: Verified,
-}
-
-/// An authenticated request with its subject and dedup id.
-pub struct Routed {
-    request: RawRequest,
-    proof: Verified,
+/// Where an authenticated event goes.
+pub struct Route {
     pub subject: String,
+    /// `Nats-Msg-Id`: the request id, or a digest of the body when Khoros sent none.
     pub message_id: String,
-    pub request_id: Option<String>,
+    /// The event `type` as a subject token.
     pub event_type: String,
     pub operation: Option<String>,
     pub partition: u32,
 }
 
-/// The NATS side of the ingress, available once the topology exists.
-#[derive(Clone)]
-pub struct Backend {
-    pub publisher: Publisher,
-    pub replay: ReplayGuard,
-}
-
-/// The pipeline with its configuration.
-#[derive(Clone)]
-pub struct Intake {
-    auth: Authenticator,
-    partitions: u32,
-    backend: Arc<OnceLock<Backend>>,
-    /// Deadline for everything NATS does for one request (replay guard and PubAck): while
-    /// NATS is away the client buffers requests, so only a deadline turns that into a 503.
-    store_timeout: Duration,
-}
-
-/// What the caller is told about an accepted event.
-#[derive(Debug)]
+/// An event that JetStream now holds.
 pub struct Accepted {
     pub message_id: String,
     pub stored: Stored,
+}
+
+/// The pipeline with its configuration.
+pub struct Intake {
+    auth: Authenticator,
+    partitions: u32,
+    body: BodyPolicy,
+    publisher: Publisher,
+    metrics: HotMetrics,
 }
 
 impl Intake {
     pub fn new(
         auth: Authenticator,
         partitions: u32,
-        backend: Arc<OnceLock<Backend>>,
-        store_timeout: Duration,
+        body: BodyPolicy,
+        publisher: Publisher,
+        metrics: HotMetrics,
     ) -> Self {
         Self {
             auth,
             partitions,
-            backend,
-            store_timeout,
+            body,
+            publisher,
+            metrics,
         }
     }
 
-    pub fn authenticate(&self, request: RawRequest) -> Result<Authenticated, IngressError> {
-        let parts = RequestParts {
-            method: &request.method,
-            host: &request.host,
-            path_and_query: &request.path_and_query,
-            headers: &request.headers,
-            body: &request.body,
-        };
-        let proof = self
-            .auth
-            .verify(&parts)
-            .map_err(IngressError::Unauthorized)?;
-        Ok(Authenticated { request, proof })
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
-    pub fn route(&self, auth: Authenticated) -> Result<Routed, IngressError> {
-        let Authenticated { request, proof } = auth;
-        let request_id = request.request_id()?;
-        let fields: RouteFields = serde_json::from_slice(&request.body).map_err(|e| {
+    pub fn body_policy(&self) -> &BodyPolicy {
+        &self.body
+    }
+
+    /// Authenticates, routes and stores one webhook request.
+    pub async fn accept(
+        &self,
+        request: Request,
+        received_at_ms: i64,
+    ) -> Result<Accepted, IngressError> {
+        let (parts, body) = request.into_parts();
+        let request_id = request_id(&parts.headers)?;
+        self.auth
+            .precheck(&parts.headers)
+            .map_err(IngressError::Unauthorized)?;
+        let declared = self.body.declared_length(&parts.headers)?;
+        let _reservation = self.body.reserve(declared)?;
+        let body = self.body.read(body).await?;
+        let verified = self.verify(&parts, &body)?;
+        let route = self.route(&body, request_id)?;
+        let nats_headers = stored_headers(&route, request_id, received_at_ms, &verified);
+        let stored = self
+            .publisher
+            .publish(route.subject, nats_headers, body)
+            .await?;
+        if stored.duplicate {
+            self.metrics.duplicates.increment(1);
+        } else {
+            self.metrics.stored(&route.event_type).increment(1);
+        }
+        Ok(Accepted {
+            message_id: route.message_id,
+            stored,
+        })
+    }
+
+    /// The full check (HMAC over the body); Basic was settled by the precheck.
+    fn verify(&self, parts: &Parts, body: &Bytes) -> Result<Verified, IngressError> {
+        if !self.auth.needs_body() {
+            return Ok(Verified { signature: None });
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+        self.auth
+            .verify(&RequestParts {
+                method: parts.method.as_str(),
+                host,
+                path_and_query,
+                headers: &parts.headers,
+                body,
+            })
+            .map_err(IngressError::Unauthorized)
+    }
+
+    /// Reads the event type and conversation key; the rest of the body stays unparsed.
+    pub fn route(&self, body: &[u8], request_id: Option<&str>) -> Result<Route, IngressError> {
+        let fields: RouteFields = serde_json::from_slice(body).map_err(|e| {
             IngressError::BadRequest(
                 if e.is_data() && e.to_string().contains("missing field `type`") {
                     "event has no `type`".to_string()
@@ -137,86 +161,40 @@ impl Intake {
             return Err(IngressError::BadRequest("event has an empty `type`".into()));
         }
         let partition = fields.conversation_key().partition(self.partitions);
-        let message_id = request_id
-            .clone()
-            .unwrap_or_else(|| routing::body_message_id(&request.body));
-        Ok(Routed {
-            subject: routing::event_subject(&fields.kind, partition),
-            message_id,
-            request_id,
-            event_type: fields.kind,
-            operation: fields.operation,
+        let event_type = routing::type_token(&fields.kind);
+        Ok(Route {
+            subject: format!("{}.{event_type}.{partition}", routing::EVENTS_PREFIX),
+            message_id: request_id.map_or_else(|| routing::body_message_id(body), str::to_owned),
+            operation: fields.operation.as_deref().map(routing::type_token),
+            event_type,
             partition,
-            request,
-            proof,
-        })
-    }
-
-    /// Records the signature and publishes, within the deadline; 503 otherwise.
-    pub async fn store(&self, routed: Routed) -> Result<Accepted, IngressError> {
-        tokio::time::timeout(self.store_timeout, self.store_unbounded(routed))
-            .await
-            .unwrap_or_else(|_| {
-                Err(IngressError::Unavailable(format!(
-                    "event not stored within {:?}",
-                    self.store_timeout
-                )))
-            })
-    }
-
-    async fn store_unbounded(&self, routed: Routed) -> Result<Accepted, IngressError> {
-        let backend = self
-            .backend
-            .get()
-            .ok_or_else(|| IngressError::Unavailable("JetStream topology not ready yet".into()))?;
-        if let Some(signature) = &routed.proof.signature {
-            if backend.replay.record(signature, &routed.message_id).await? == Seen::OtherRequest {
-                return Err(IngressError::Unauthorized(AuthFailure::Replayed));
-            }
-        }
-        let mut nats_headers = NatsHeaders::new();
-        nats_headers.insert(headers::MSG_ID, routed.message_id.as_str());
-        if let Some(id) = &routed.request_id {
-            nats_headers.insert(headers::REQUEST_ID, id.as_str());
-        }
-        nats_headers.insert(
-            headers::RECEIVED_AT,
-            routed.request.received_at_ms.to_string().as_str(),
-        );
-        nats_headers.insert(
-            headers::EVENT_TYPE,
-            routing::type_token(&routed.event_type).as_str(),
-        );
-        if let Some(op) = &routed.operation {
-            nats_headers.insert(headers::OPERATION, routing::type_token(op).as_str());
-        }
-        nats_headers.insert(headers::PARTITION, routed.partition.to_string().as_str());
-        let stored = backend
-            .publisher
-            .publish(
-                routed.subject.clone(),
-                nats_headers,
-                routed.request.body.clone(),
-            )
-            .await?;
-        if stored.duplicate {
-            metrics::counter!(telemetry::DUPLICATES).increment(1);
-        }
-        metrics::counter!(telemetry::EVENTS_STORED, "type" => type_label(&routed.event_type))
-            .increment(1);
-        Ok(Accepted {
-            message_id: routed.message_id,
-            stored,
         })
     }
 }
 
-/// Metric label for an event type; unknown types share one label to bound cardinality.
-fn type_label(kind: &str) -> &'static str {
-    match kind {
-        "message" => "message",
-        "update" => "update",
-        "control" => "control",
-        _ => "other",
+/// The headers stored with an event (the contract with the worker, `shared::routing::headers`).
+fn stored_headers(
+    route: &Route,
+    request_id: Option<&str>,
+    received_at_ms: i64,
+    verified: &Verified,
+) -> NatsHeaders {
+    let mut nats = NatsHeaders::new();
+    nats.insert(headers::MSG_ID, route.message_id.as_str());
+    if let Some(id) = request_id {
+        nats.insert(headers::REQUEST_ID, id);
     }
+    nats.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
+    nats.insert(headers::EVENT_TYPE, route.event_type.as_str());
+    if let Some(op) = &route.operation {
+        nats.insert(headers::OPERATION, op.as_str());
+    }
+    nats.insert(headers::PARTITION, route.partition.to_string().as_str());
+    if let Some(signature) = &verified.signature {
+        nats.insert(
+            headers::SIGNATURE_DIGEST,
+            routing::signature_digest(signature).as_str(),
+        );
+    }
+    nats
 }

@@ -1,5 +1,5 @@
-//! `POST /kore/callback`: Kore.ai's asynchronous deliveries (Kore spec §6), authenticated with
-//! the channel's access token and stored on `kore.replies.<partition>` for the workers.
+//! `POST /kore/callback`: Kore.ai's asynchronous deliveries
+//! (`docs/vendors/kore-webhook-channel.md`), authenticated with the channel's access token and stored on `kore.replies.<partition>` for the workers.
 //!
 //! The partition is a hash of the delivery's `to` (the Kore user id), so one user's replies
 //! are handled in order. A delivery without `to` is still stored (on partition 0): the worker

@@ -5,15 +5,20 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use shared::topology::Readiness;
 
 use crate::error::IngressError;
-use crate::telemetry;
+use crate::telemetry::HotMetrics;
 
 /// Publishes to JetStream; a missing or late PubAck is [`IngressError::Unavailable`].
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
     timeout: Duration,
+    /// Told of every failure: a deleted stream shows up here first, and the keeper then
+    /// recreates it at once instead of at its next check.
+    readiness: Readiness,
+    metrics: HotMetrics,
 }
 
 /// What JetStream said about a stored event.
@@ -25,8 +30,18 @@ pub struct Stored {
 }
 
 impl Publisher {
-    pub fn new(js: jetstream::Context, timeout: Duration) -> Self {
-        Self { js, timeout }
+    pub fn new(
+        js: jetstream::Context,
+        timeout: Duration,
+        readiness: Readiness,
+        metrics: HotMetrics,
+    ) -> Self {
+        Self {
+            js,
+            timeout,
+            readiness,
+            metrics,
+        }
     }
 
     pub async fn publish(
@@ -52,7 +67,12 @@ impl Publisher {
                 self.timeout
             ))),
         };
-        metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.readiness.nudge();
+        }
+        self.metrics
+            .publish_seconds
+            .record(started.elapsed().as_secs_f64());
         result
     }
 }

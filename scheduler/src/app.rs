@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::topology;
+use shared::topology::{self, Readiness, Topology};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::service::{self, Status};
 /// State of the health routes.
 #[derive(Clone)]
 struct HealthState {
-    client: async_nats::Client,
+    readiness: Readiness,
     status: Status,
     scheduler_id: String,
 }
@@ -32,10 +32,15 @@ struct HealthState {
 pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    /// `/healthz` and `/readyz`, served on both listeners.
+    ops: Router,
+    /// `ops` plus `/metrics`, for the health listener.
     router: Router,
     config: SchedulerConfig,
     client: async_nats::Client,
     status: Status,
+    /// Every bucket the scheduler needs exists (kept by the topology keeper).
+    readiness: Readiness,
     leadership: tokio::sync::watch::Sender<Option<std::time::Instant>>,
 }
 
@@ -60,22 +65,27 @@ impl App {
         let client = topology::connect(&config.nats).await?;
         let (leadership, watcher) = Leadership::channel();
         let status = Status::new(watcher);
-        let router = Router::new()
+        let readiness = Readiness::new(&service::NEEDS);
+        let ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(shared::telemetry::render))
             .with_state(HealthState {
-                client: client.clone(),
+                readiness: readiness.clone(),
                 status: status.clone(),
                 scheduler_id: config.scheduler_id.clone(),
             });
+        let router = ops
+            .clone()
+            .route("/metrics", get(shared::telemetry::render));
         Ok(Self {
             listener,
             metrics_listener,
+            ops,
             router,
             config,
             client,
             status,
+            readiness,
             leadership,
         })
     }
@@ -108,13 +118,22 @@ impl App {
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         tasks.spawn(async move { ("health", server.await.map_err(|e| e.to_string())) });
         if let Some(listener) = self.metrics_listener {
-            let stop = stop.clone();
+            let (stop, ops) = (stop.clone(), self.ops.clone());
             tasks.spawn(async move {
-                let result = shared::telemetry::serve_metrics(listener, stop).await;
+                let result = shared::telemetry::serve_metrics(listener, ops, stop).await;
                 ("metrics", result.map_err(|e| e.to_string()))
             });
         }
         let js = jetstream::new(self.client.clone());
+        let keeper = Topology::new(self.config.topology.clone()).keep_for(
+            js.clone(),
+            self.readiness.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            let result = keeper.await.map_err(|e| e.to_string());
+            ("topology", result)
+        });
         if !self.config.metrics_interval.is_zero() {
             let (sampler, interval, stop) = (
                 Sampler::new(js.clone()),
@@ -171,12 +190,16 @@ fn report_exit(exit: Result<TaskExit, tokio::task::JoinError>, early: bool) {
     }
 }
 
+/// The shared readiness report (NATS, every bucket), plus whether the first token is seeded,
+/// leadership and the scheduler's id.
 async fn readyz(State(state): State<HealthState>) -> Response {
-    let connected = state.client.connection_state() == async_nats::connection::State::Connected;
-    let ready = connected && state.status.is_ready();
+    let report = state.readiness.report();
+    let ready = report.ready && state.status.is_ready();
     let body = Json(serde_json::json!({
-        "nats_connected": connected,
-        "topology": state.status.is_ready(),
+        "ready": ready,
+        "nats_connected": report.nats_connected,
+        "resources": report.resources,
+        "seeded": state.status.is_ready(),
         "leader": state.status.is_leader(),
         "scheduler_id": state.scheduler_id,
     }));

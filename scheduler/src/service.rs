@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv::Store};
-use shared::topology::{buckets, Topology};
+use shared::topology::{buckets, Resource, Topology};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,12 @@ use crate::lease::{self, Leadership, Lease};
 use crate::rotation::{CheckOutcome, Rotator};
 use crate::schedule::Decision;
 use shared::khoros::KhorosApi;
+
+/// The buckets the scheduler uses; `/readyz` covers exactly these.
+pub const NEEDS: [Resource; 2] = [
+    Resource::Bucket(buckets::TOKENS),
+    Resource::Bucket(buckets::LEASES),
+];
 
 /// The buckets the scheduler works on.
 #[derive(Clone)]
@@ -27,8 +33,7 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Opens the buckets (created by [`Topology::ensure`]; never by async-nats' KV calls,
-    /// which fail against nats-server 2.9).
+    /// Opens the buckets (created by [`Topology::ensure_all`] with their limits).
     pub async fn open(js: &jetstream::Context) -> Result<Self, String> {
         let open = |name: &'static str| async move {
             js.get_key_value(name)
@@ -154,7 +159,10 @@ async fn open_when_ready(
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = async {
-            topology.ensure(js).await.map_err(|e| e.to_string())?;
+            topology
+                .ensure_all(js, &NEEDS)
+                .await
+                .map_err(|e| e.to_string())?;
             Stores::open(js).await
         };
         match attempt.await {

@@ -4,6 +4,8 @@
 //! the conversation key, so one customer's messages always land on the same subject and are
 //! handled in order, whatever the number of worker replicas.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -29,37 +31,46 @@ pub mod headers {
     pub const EVENT_ID: &str = "Bridge-Event-Id";
     /// The conversation key's partition.
     pub const PARTITION: &str = "Bridge-Partition";
+    /// Hex SHA-256 of the request's HMAC signature (absent for Basic): a signed request
+    /// replayed under a new request id carries the same digest, and the worker drops it.
+    pub const SIGNATURE_DIGEST: &str = "Bridge-Signature-Digest";
 }
 
-/// The few fields routing needs; everything else in the body is left unparsed.
+/// The value of [`headers::SIGNATURE_DIGEST`] for a decoded signature.
+pub fn signature_digest(signature: &[u8]) -> String {
+    hex(&Sha256::digest(signature))
+}
+
+/// The few fields routing needs; everything else in the body is left unparsed. Strings are
+/// borrowed from the body where they carry no escapes (the ingress parses every event).
 #[derive(Debug, Deserialize)]
-pub struct RouteFields {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub operation: Option<String>,
-    #[serde(default)]
-    coordinate: Option<RouteCoordinate>,
-    #[serde(default)]
-    author: Option<RouteAuthor>,
+pub struct RouteFields<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub operation: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    coordinate: Option<RouteCoordinate<'a>>,
+    #[serde(default, borrow)]
+    author: Option<RouteAuthor<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RouteCoordinate {
-    #[serde(default)]
-    network_key: Option<String>,
-    #[serde(default)]
-    external_id: Option<String>,
+struct RouteCoordinate<'a> {
+    #[serde(default, borrow)]
+    network_key: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    external_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct RouteAuthor {
-    #[serde(default)]
-    id: Option<String>,
+struct RouteAuthor<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
-impl RouteFields {
+impl RouteFields<'_> {
     /// `(networkKey, externalId, author.id)`, empty strings for what is absent.
     pub fn conversation_key(&self) -> ConversationKey<'_> {
         let coord = self.coordinate.as_ref();

@@ -70,9 +70,11 @@ pub async fn render() -> String {
     metrics_handle().render()
 }
 
-/// Serves `/metrics` on its own listener until `shutdown` fires.
+/// Serves `/metrics`, plus the service's own routes (`/healthz`, `/readyz`), on the metrics
+/// listener until `shutdown` fires. Operational endpoints stay off public listeners.
 pub async fn serve_metrics(
     listener: TcpListener,
+    routes: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let handle = metrics_handle();
@@ -85,7 +87,7 @@ pub async fn serve_metrics(
             upkeep.run_upkeep();
         }
     });
-    let app = Router::new().route("/metrics", get(|| async move { handle.render() }));
+    let app = routes.route("/metrics", get(|| async move { handle.render() }));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;

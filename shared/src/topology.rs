@@ -1,11 +1,14 @@
 //! NATS connection and the JetStream topology every service relies on.
 //!
 //! [`Topology::ensure`] is idempotent: it creates what is missing and updates limits that
-//! changed, so every service can call it at start-up in any order.
+//! changed, so every service can call it at start-up in any order. Each service declares the
+//! [`Resource`]s it needs and runs a [`keeper`](Topology::keep) that checks them all the time:
+//! one deleted at runtime is recreated within a check interval, and readiness says so
+//! meanwhile (see `docs/decisions.md`, "A topology that heals").
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::ConnectOptions;
 
 use crate::config::{ConfigError, Env, NatsConfig};
@@ -20,8 +23,6 @@ pub const DEAD_LETTER_STREAM: &str = "DEAD_LETTERS";
 
 /// KV bucket names.
 pub mod buckets {
-    /// Accepted HMAC signatures and their request id, for the replay check (TTL = skew window).
-    pub const SIGNATURES: &str = "bridge_signatures";
     /// The current Bot API v3 token, written by the scheduler and watched by workers.
     pub const TOKENS: &str = "bridge_tokens";
     /// Per-conversation state: owner, display id, closed.
@@ -75,12 +76,15 @@ pub struct TopologyConfig {
     pub partitions: u32,
     /// `DLQ_MAX_AGE`: how long dead letters are kept.
     pub dead_letter_max_age: Duration,
-    /// `PROCESSED_TTL`: how long processed-event records are kept.
+    /// `PROCESSED_TTL`: how long processed-event records (and the signature records that
+    /// refuse replays) are kept.
     pub processed_ttl: Duration,
-    /// `HMAC_MAX_SKEW`: allowed clock skew; also the life of replay-guard records.
+    /// `HMAC_MAX_SKEW`: allowed clock skew of signed webhook requests.
     pub max_skew: Duration,
     /// `LEASE_TTL`: life of the scheduler lease without renewal.
     pub lease_ttl: Duration,
+    /// `TOPOLOGY_CHECK_INTERVAL`: how often each service checks that what it needs exists.
+    pub check_interval: Duration,
 }
 
 impl TopologyConfig {
@@ -104,13 +108,8 @@ impl TopologyConfig {
             processed_ttl: env.duration("PROCESSED_TTL", Duration::from_secs(86_400))?,
             max_skew: env.duration("HMAC_MAX_SKEW", Duration::from_secs(60))?,
             lease_ttl: env.duration("LEASE_TTL", Duration::from_secs(30))?,
+            check_interval: env.duration("TOPOLOGY_CHECK_INTERVAL", Duration::from_secs(1))?,
         })
-    }
-
-    /// A signature stays usable for `max_skew` either side of its timestamp, so its record
-    /// must outlive twice the skew (plus slack for clock differences between replicas).
-    pub fn signature_ttl(&self) -> Duration {
-        self.max_skew * 2 + Duration::from_secs(5)
     }
 }
 
@@ -139,6 +138,52 @@ pub async fn flush_at_shutdown(client: &async_nats::Client) {
     }
 }
 
+/// A stream or bucket a service relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// [`EVENTS_STREAM`].
+    Events,
+    /// [`KORE_REPLIES_STREAM`].
+    KoreReplies,
+    /// [`DEAD_LETTER_STREAM`].
+    DeadLetters,
+    /// A KV bucket, by name (see [`buckets`]).
+    Bucket(&'static str),
+}
+
+impl Resource {
+    /// Every stream and bucket of the bridge.
+    pub const ALL: [Resource; 7] = [
+        Resource::Events,
+        Resource::KoreReplies,
+        Resource::DeadLetters,
+        Resource::Bucket(buckets::TOKENS),
+        Resource::Bucket(buckets::CONVERSATIONS),
+        Resource::Bucket(buckets::PROCESSED),
+        Resource::Bucket(buckets::LEASES),
+    ];
+
+    /// The JetStream stream behind it (`KV_<bucket>` for a bucket).
+    pub fn stream_name(self) -> String {
+        match self {
+            Resource::Events => EVENTS_STREAM.into(),
+            Resource::KoreReplies => KORE_REPLIES_STREAM.into(),
+            Resource::DeadLetters => DEAD_LETTER_STREAM.into(),
+            Resource::Bucket(name) => format!("KV_{name}"),
+        }
+    }
+
+    /// The name operators know it by (stream name, or bucket name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Events => EVENTS_STREAM,
+            Resource::KoreReplies => KORE_REPLIES_STREAM,
+            Resource::DeadLetters => DEAD_LETTER_STREAM,
+            Resource::Bucket(name) => name,
+        }
+    }
+}
+
 /// The streams and buckets of the bridge.
 pub struct Topology {
     pub config: TopologyConfig,
@@ -163,76 +208,153 @@ impl Topology {
         }
     }
 
-    pub fn events_stream(&self) -> stream::Config {
+    /// A stream of work: a message leaves it when a worker acknowledges it (work queue), so the
+    /// size cap bounds the backlog; at the cap new messages are refused (the ingress answers
+    /// 503 and Khoros retries) instead of old, unprocessed ones being dropped.
+    fn work_stream(&self, name: &str, subjects: &str, max_bytes: i64) -> stream::Config {
         stream::Config {
-            max_bytes: self.config.events_max_bytes,
-            ..self.stream(
-                EVENTS_STREAM,
-                &format!("{EVENTS_PREFIX}.>"),
-                self.config.events_max_age,
-            )
+            retention: stream::RetentionPolicy::WorkQueue,
+            discard: stream::DiscardPolicy::New,
+            max_bytes,
+            ..self.stream(name, subjects, self.config.events_max_age)
         }
     }
 
-    /// The backing stream of a KV bucket, shaped as async-nats' own `create_key_value` does.
-    /// We build it ourselves because that call first queries account info, whose reply from
-    /// nats-server 2.9 (Debian's) async-nats cannot parse; the stream itself works on 2.9+.
-    fn bucket(&self, name: &str, history: i64, max_age: Duration) -> stream::Config {
-        stream::Config {
-            name: format!("KV_{name}"),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: history,
+    pub fn events_stream(&self) -> stream::Config {
+        self.work_stream(
+            EVENTS_STREAM,
+            &format!("{EVENTS_PREFIX}.>"),
+            self.config.events_max_bytes,
+        )
+    }
+
+    fn bucket(&self, name: &str, history: i64, max_age: Duration) -> kv::Config {
+        kv::Config {
+            bucket: name.into(),
+            history,
             max_age,
             storage: self.config.storage.into(),
             num_replicas: self.config.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
             ..Default::default()
         }
     }
 
-    /// Creates or updates every stream and bucket.
-    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
+    fn stream_config(&self, resource: Resource) -> Option<stream::Config> {
         let c = &self.config;
-        let streams = [
-            self.events_stream(),
-            self.stream(
-                KORE_REPLIES_STREAM,
-                &format!("{KORE_REPLIES_PREFIX}.>"),
-                c.events_max_age,
-            ),
-            self.stream(
+        match resource {
+            Resource::Events => Some(self.events_stream()),
+            Resource::KoreReplies => {
+                Some(self.work_stream(KORE_REPLIES_STREAM, &format!("{KORE_REPLIES_PREFIX}.>"), -1))
+            }
+            Resource::DeadLetters => Some(self.stream(
                 DEAD_LETTER_STREAM,
                 &format!("{DEAD_LETTER_PREFIX}.>"),
                 c.dead_letter_max_age,
-            ),
-        ];
-        for config in streams {
-            let name = config.name.clone();
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|e| TopologyError(format!("stream {name}: {e}")))?;
+            )),
+            Resource::Bucket(_) => None,
         }
-        let buckets = [
-            self.bucket(buckets::SIGNATURES, 1, c.signature_ttl()),
-            self.bucket(buckets::TOKENS, 5, Duration::ZERO),
-            self.bucket(buckets::CONVERSATIONS, 1, Duration::ZERO),
-            self.bucket(buckets::PROCESSED, 1, c.processed_ttl),
-            self.bucket(buckets::LEASES, 1, c.lease_ttl),
-        ];
-        for config in buckets {
-            let name = config.name.clone();
-            js.create_or_update_stream(config)
+    }
+
+    fn bucket_config(&self, name: &'static str) -> kv::Config {
+        let c = &self.config;
+        match name {
+            buckets::TOKENS => self.bucket(name, 5, Duration::ZERO),
+            buckets::PROCESSED => self.bucket(name, 1, c.processed_ttl),
+            buckets::LEASES => self.bucket(name, 1, c.lease_ttl),
+            _ => self.bucket(name, 1, Duration::ZERO),
+        }
+    }
+
+    /// Creates or updates one stream or bucket.
+    pub async fn ensure_one(
+        &self,
+        js: &jetstream::Context,
+        resource: Resource,
+    ) -> Result<(), TopologyError> {
+        match resource {
+            Resource::Bucket(name) => js
+                .create_or_update_key_value(self.bucket_config(name))
                 .await
-                .map_err(|e| TopologyError(format!("bucket {name}: {e}")))?;
+                .map(drop)
+                .map_err(|source| TopologyError::Bucket { name, source }),
+            stream => {
+                let config = self.stream_config(stream).expect("a stream resource");
+                js.create_or_update_stream(config)
+                    .await
+                    .map(drop)
+                    .map_err(|source| TopologyError::Stream {
+                        name: stream.name(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Creates or updates the given streams and buckets.
+    pub async fn ensure_all(
+        &self,
+        js: &jetstream::Context,
+        resources: &[Resource],
+    ) -> Result<(), TopologyError> {
+        for &resource in resources {
+            self.ensure_one(js, resource).await?;
         }
         Ok(())
     }
+
+    /// Creates or updates every stream and bucket of the bridge.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
+        self.ensure_all(js, &Resource::ALL).await
+    }
+
+    /// Starts the keeper of `resources`: ensures them (retrying until NATS answers), then
+    /// checks every `TOPOLOGY_CHECK_INTERVAL`, or at once when [`Readiness::nudge`] is called,
+    /// and recreates whatever is missing. Stops with `shutdown`.
+    pub fn keep(
+        self,
+        js: jetstream::Context,
+        resources: &[Resource],
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> (Readiness, tokio::task::JoinHandle<()>) {
+        let readiness = Readiness::new(resources);
+        let task = self.keep_for(js, readiness.clone(), shutdown);
+        (readiness, task)
+    }
+
+    /// [`Self::keep`] for a [`Readiness`] made earlier (a service that builds its routes
+    /// before it starts its tasks).
+    pub fn keep_for(
+        self,
+        js: jetstream::Context,
+        readiness: Readiness,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(keeper::run(self, js, readiness, shutdown))
+    }
 }
 
-/// A stream or bucket could not be created or updated.
+/// A stream or bucket could not be created, updated or looked up.
 #[derive(Debug, thiserror::Error)]
-#[error("jetstream topology: {0}")]
-pub struct TopologyError(pub String);
+pub enum TopologyError {
+    #[error("stream {name}: {source}")]
+    Stream {
+        name: &'static str,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("bucket {name}: {source}")]
+    Bucket {
+        name: &'static str,
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
+    #[error("looking up {name}: {source}")]
+    Lookup {
+        name: &'static str,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+}
+
+mod keeper;
+pub use keeper::{readyz, Readiness, ReadyReport, RECREATED};

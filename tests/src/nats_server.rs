@@ -8,24 +8,51 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// `NATS_SERVER_BIN` overrides the binary; otherwise `nats-server` on PATH or `/usr/sbin`.
-fn binary() -> PathBuf {
-    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-    {
-        let candidate = Path::new(dir).join("nats-server");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "nats-server not found: install it (apt-get install -y nats-server) or set NATS_SERVER_BIN"
-    )
+/// The release line the project supports and tests (see `dev/nats-server`).
+pub const SUPPORTED_LINE: (u32, u32) = (2, 14);
+
+/// `NATS_SERVER_BIN` (set by `dev/test` to the pinned server), else the copy `dev/nats-server`
+/// installs in this checkout. Never the machine's own (Debian's 2.9 lacks what we rely on:
+/// per-message TTL, the account info async-nats parses).
+pub fn binary() -> PathBuf {
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let path = std::env::var_os("NATS_SERVER_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../.tools/nats-server-2.14.2/bin/nats-server")
+                });
+            assert!(
+                path.is_file(),
+                "nats-server not found at {}: run ./dev/nats-server (installs the pinned release) \
+                 or set NATS_SERVER_BIN",
+                path.display()
+            );
+            check_version(&path);
+            path
+        })
+        .clone()
+}
+
+/// Refuses a server older than the supported line, with a message that says what to do.
+fn check_version(path: &Path) {
+    let output = Command::new(path)
+        .arg("--version")
+        .output()
+        .expect("run nats-server --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().trim_start_matches("nats-server: v");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        found >= SUPPORTED_LINE,
+        "{} is nats-server {version}; the tests need {}.{} or newer (./dev/nats-server)",
+        path.display(),
+        SUPPORTED_LINE.0,
+        SUPPORTED_LINE.1
+    );
 }
 
 /// A running (or stopped) nats-server owned by a test.

@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use shared::khoros::KhorosApi;
 use shared::kore::KoreClient;
-use shared::topology::{self, buckets, Topology};
+use shared::topology::{self, buckets, Readiness, Resource, Topology};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +25,21 @@ use crate::khoros_steps::StepRunner;
 use crate::progress::ProgressStore;
 use crate::token::TokenSource;
 
+/// The streams and buckets the worker uses; `/readyz` covers exactly these.
+pub const NEEDS: [Resource; 6] = [
+    Resource::Events,
+    Resource::KoreReplies,
+    Resource::DeadLetters,
+    Resource::Bucket(buckets::TOKENS),
+    Resource::Bucket(buckets::CONVERSATIONS),
+    Resource::Bucket(buckets::PROCESSED),
+];
+
 pub struct App {
     listener: TcpListener,
+    readiness: Readiness,
+    keeper: tokio::task::JoinHandle<()>,
+    background: CancellationToken,
     metrics_listener: Option<TcpListener>,
     client: async_nats::Client,
     js: jetstream::Context,
@@ -52,6 +63,9 @@ impl App {
         let client = topology::connect(&config.nats).await?;
         let js = jetstream::new(client.clone());
         ensure_topology(&Topology::new(config.topology.clone()), &js).await;
+        let background = CancellationToken::new();
+        let (readiness, keeper) =
+            Topology::new(config.topology.clone()).keep(js.clone(), &NEEDS, background.clone());
         let kv = |name: &'static str| {
             let js = js.clone();
             async move { js.get_key_value(name).await }
@@ -74,6 +88,9 @@ impl App {
         });
         Ok(Self {
             listener,
+            readiness,
+            keeper,
+            background,
             metrics_listener,
             client,
             js,
@@ -111,14 +128,18 @@ impl App {
             concurrency = config.concurrency,
             "worker consuming"
         );
-        let metrics = self
-            .metrics_listener
-            .map(|l| tokio::spawn(shared::telemetry::serve_metrics(l, shutdown.clone())));
         let health = Router::new()
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(shared::telemetry::render))
-            .with_state(self.client.clone());
+            .route("/readyz", get(topology::readyz))
+            .with_state(self.readiness.clone());
+        let metrics = self.metrics_listener.map(|l| {
+            tokio::spawn(shared::telemetry::serve_metrics(
+                l,
+                health.clone(),
+                shutdown.clone(),
+            ))
+        });
+        let health = health.route("/metrics", get(shared::telemetry::render));
         let server = tokio::spawn(
             axum::serve(self.listener, health)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -145,6 +166,8 @@ impl App {
             .await;
             loops.abort_all();
         }
+        self.background.cancel();
+        let _ = self.keeper.await;
         shared::topology::flush_at_shutdown(&self.client).await;
         let _ = server.await;
         if let Some(task) = metrics {
@@ -160,19 +183,12 @@ impl App {
     }
 }
 
-async fn readyz(State(client): State<async_nats::Client>) -> (StatusCode, &'static str) {
-    if client.connection_state() == async_nats::connection::State::Connected {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "nats disconnected")
-    }
-}
-
-/// Retries until the streams and buckets exist (NATS may start after the worker).
+/// Retries until the streams and buckets exist (NATS may start after the worker); the keeper
+/// then keeps them.
 async fn ensure_topology(topology: &Topology, js: &jetstream::Context) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match topology.ensure(js).await {
+        match topology.ensure_all(js, &NEEDS).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "jetstream topology not ready");

@@ -152,6 +152,7 @@ fn envelope(kind: EventKind, message: &jetstream::Message) -> Envelope {
         event_id: header(headers::MSG_ID)
             .unwrap_or_else(|| format!("{}-seq-{sequence}", kind.as_str())),
         request_id: header(headers::REQUEST_ID),
+        signature_digest: header(headers::SIGNATURE_DIGEST),
         received_at_ms: header(headers::RECEIVED_AT).and_then(|v| v.parse().ok()),
         payload: message.payload.clone(),
     }

@@ -1,4 +1,4 @@
-//! HTTP Basic authentication of webhook calls (spec §6.1).
+//! HTTP Basic authentication of webhook calls (`docs/vendors/khoros-webhooks.md`).
 
 use base64::Engine;
 use http::HeaderMap;

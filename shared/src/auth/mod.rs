@@ -1,6 +1,7 @@
 //! Webhook authentication: which check a request must pass before anything is stored.
 //!
-//! [`hmac`] implements Khoros signature v2 (spec §6.2), [`basic`] HTTP Basic (§6.1).
+//! [`hmac`] implements Khoros signature v2, [`basic`] HTTP Basic (both described in
+//! `docs/vendors/khoros-webhooks.md`).
 //! Both compare secrets in constant time and report a [`AuthFailure`] whose reason is logged
 //! and counted but never sent back to the caller.
 
@@ -29,8 +30,6 @@ pub enum AuthFailure {
     StaleTimestamp,
     #[error("wrong credentials")]
     BadCredentials,
-    #[error("signature replayed under another request id")]
-    Replayed,
 }
 
 impl AuthFailure {
@@ -43,7 +42,6 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::StaleTimestamp => "stale_timestamp",
             AuthFailure::BadCredentials => "bad_credentials",
-            AuthFailure::Replayed => "replayed_signature",
         }
     }
 }
@@ -51,8 +49,9 @@ impl AuthFailure {
 /// What a verified request proved about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// The HMAC signature, used to refuse replays under a new request id; `None` for Basic.
-    pub signature: Option<String>,
+    /// The decoded HMAC signature, used to refuse replays under a new request id; `None` for
+    /// Basic.
+    pub signature: Option<[u8; 32]>,
 }
 
 /// The request parts authentication looks at.
@@ -74,6 +73,19 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
+    /// What can be checked before the body is read (all of Basic; HMAC's key and timestamp).
+    pub fn precheck(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
+        match self {
+            Authenticator::Hmac(v) => v.precheck(headers),
+            Authenticator::Basic(v) => v.verify(headers).map(drop),
+        }
+    }
+
+    /// Whether [`Self::precheck`] already proved everything (Basic needs no body).
+    pub fn needs_body(&self) -> bool {
+        matches!(self, Authenticator::Hmac(_))
+    }
+
     pub fn verify(&self, request: &RequestParts<'_>) -> Result<Verified, AuthFailure> {
         match self {
             Authenticator::Hmac(v) => v.verify(request),

@@ -269,7 +269,7 @@ async fn scrape(stack: &Stack) -> BTreeMap<String, String> {
     let text = stack
         .ingress
         .http
-        .get(format!("{}/metrics", stack.ingress.base))
+        .get(format!("{}/metrics", stack.ingress.ops))
         .send()
         .await
         .expect("GET /metrics")

@@ -29,7 +29,10 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 
 pub struct TestIngress {
     pub url: String,
+    /// The webhook listener.
     pub base: String,
+    /// The metrics listener: `/metrics`, `/readyz`, `/healthz`.
+    pub ops: String,
     pub signer: Signer,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
@@ -61,10 +64,12 @@ impl TestIngress {
         let basic = matches!(config.auth, shared::auth::Authenticator::Basic(_));
         let path = config.events_path.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app = ingress::App::build_with(config, listener, None)
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = ingress::App::build_with(config, listener, Some(metrics))
             .await
             .expect("build ingress");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let ops = format!("http://{}", app.metrics_addr().expect("metrics listener"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let url = format!("{base}{path}");
@@ -86,6 +91,7 @@ impl TestIngress {
             },
             url,
             base,
+            ops,
             http: reqwest::Client::new(),
             shutdown,
             task: Some(task),
@@ -95,7 +101,7 @@ impl TestIngress {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.base);
+        let url = format!("{}/readyz", self.ops);
         wait::until(
             Duration::from_secs(15),
             "ingress /readyz to answer 200",
@@ -222,11 +228,26 @@ impl TestWorker {
         let base = format!("http://{}", app.local_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self {
+        let worker = Self {
             base,
             shutdown,
             task: Some(task),
-        }
+        };
+        let url = format!("{}/readyz", worker.base);
+        wait::until(
+            Duration::from_secs(15),
+            "worker /readyz to answer 200",
+            || async {
+                reqwest::get(&url)
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            },
+        )
+        .await;
+        worker
     }
 
     /// Graceful stop: finish or give back in-flight events.

@@ -220,7 +220,7 @@ async fn rejections_answer_their_status_and_store_nothing() {
 
     let metrics = ingress
         .http
-        .get(format!("{}/metrics", ingress.base))
+        .get(format!("{}/metrics", ingress.ops))
         .send()
         .await
         .unwrap()
@@ -242,10 +242,12 @@ async fn rejections_answer_their_status_and_store_nothing() {
     }
 }
 
-/// A captured signature replayed under a new request id is refused, on any replica;
-/// the identical request (same id) is a harmless duplicate.
+/// A captured signature replayed under a new request id is stored with the same signature
+/// digest as the original, on any replica (the worker drops the second one: see
+/// `worker::signed_request_replayed_under_a_new_request_id_reaches_the_bot_once`); the
+/// identical request (same id) is a harmless duplicate. One JetStream write per request.
 #[tokio::test]
-async fn replayed_signature_with_new_request_id_is_refused_across_replicas() {
+async fn replayed_signature_carries_the_digest_that_lets_the_worker_drop_it() {
     let nats = NatsServer::start();
     let a = TestIngress::start(&nats, &[]).await;
     let b = TestIngress::start(&nats, &[]).await;
@@ -264,28 +266,34 @@ async fn replayed_signature_with_new_request_id_is_refused_across_replicas() {
             .send()
     };
     assert_eq!(send(&a, "orig-1").await.unwrap().status().as_u16(), 202);
+    let duplicate = send(&b, "orig-1").await.unwrap();
+    assert_eq!(duplicate.status().as_u16(), 202);
     assert_eq!(
-        send(&b, "orig-1").await.unwrap().status().as_u16(),
-        202,
+        duplicate.text().await.unwrap(),
+        r#"{"status":"duplicate"}"#,
         "identical request is a duplicate, not an attack"
     );
-    assert_eq!(send(&b, "replay-2").await.unwrap().status().as_u16(), 401);
-    assert_eq!(send(&a, "replay-3").await.unwrap().status().as_u16(), 401);
+    assert_eq!(send(&b, "replay-2").await.unwrap().status().as_u16(), 202);
     let msgs = stored(&nats).await;
-    assert_eq!(msgs.len(), 1);
-    assert_eq!(header(&msgs[0], headers::MSG_ID).as_deref(), Some("orig-1"));
-    let metrics = a
-        .http
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("ingress_auth_failures_total{reason=\"replayed_signature\"}"),
-        "replays are counted"
+    assert_eq!(msgs.len(), 2, "the original and the replay");
+    let digests: Vec<_> = msgs
+        .iter()
+        .map(|m| header(m, headers::SIGNATURE_DIGEST).expect("digest header"))
+        .collect();
+    assert_eq!(digests[0], digests[1], "same signature, same digest");
+    assert_eq!(digests[0].len(), 64, "hex SHA-256");
+    assert_eq!(
+        header(&msgs[1], headers::MSG_ID).as_deref(),
+        Some("replay-2")
+    );
+    let other = message_event("user-5", "pay me again");
+    let (status, _) = a.send(&other, Some("orig-3")).await;
+    assert_eq!(status, 202);
+    let msgs = stored(&nats).await;
+    assert_ne!(
+        header(&msgs[2], headers::SIGNATURE_DIGEST),
+        Some(digests[0].clone()),
+        "another request, another digest"
     );
 }
 
@@ -411,4 +419,65 @@ async fn oversized_request_id_is_a_bad_request() {
     assert_eq!(status, 400);
     assert!(text.contains("x-amzn-RequestId"), "{text}");
     let _ = HMAC_KEY;
+}
+
+/// A body the NATS server could never store (1 MiB, its default `max_payload`, leaves no room
+/// for headers) is refused from its `Content-Length` alone, before any of it is sent.
+#[tokio::test]
+async fn a_body_that_could_never_be_published_is_refused_up_front() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("MAX_BODY_BYTES", "1048576")]).await;
+    let addr = ingress.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = message_event("user-big", "big");
+    let headers = ingress.signer.headers(body.as_bytes());
+    let mut head =
+        format!("POST /khoros/events HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1048576\r\n");
+    for (name, value) in &headers {
+        if name != "content-length" {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+        }
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body larger than"), "says why: {answer}");
+    assert!(stored(&nats).await.is_empty());
+}
+
+/// At the events stream's size cap new events are refused with 503 (Khoros retries), and the
+/// stored, unprocessed ones are kept rather than discarded to make room.
+#[tokio::test]
+async fn a_full_events_stream_refuses_new_events_and_keeps_old_ones() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("EVENTS_MAX_BYTES", "4096")]).await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let body = message_event(&format!("user-full-{i}"), "fill me up");
+        let id = format!("full-{i}");
+        match ingress.send(&body, Some(&id)).await.0 {
+            202 => accepted.push(id),
+            503 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "{} accepted, {refused} refused",
+        accepted.len()
+    );
+    let ids: Vec<_> = stored(&nats)
+        .await
+        .iter()
+        .filter_map(|m| header(m, headers::MSG_ID))
+        .collect();
+    assert_eq!(ids, accepted, "the first events are all still there");
 }

@@ -2,10 +2,12 @@
 
 mod deploy_metrics;
 mod helpers;
+mod hostile;
 mod ingress;
 mod khoros_sim;
 mod kore_sim;
 mod reliability;
 mod scheduler;
 mod stack;
+mod topology;
 mod worker;

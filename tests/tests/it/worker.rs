@@ -533,3 +533,68 @@ async fn long_bot_calls_keep_the_event_alive() {
         "the event was redelivered despite in-progress acks"
     );
 }
+
+/// The ingress stores a signed request replayed under a new request id (one write per event
+/// keeps it fast); the worker sees the same signature digest and drops the replay, so the bot
+/// is asked once and the customer answered once.
+#[tokio::test]
+async fn signed_request_replayed_under_a_new_request_id_reaches_the_bot_once() {
+    let stack = Stack::start(&[], &[], KoreSimConfig::default()).await;
+    stack.khoros.send_text("user-r", "hello").expect("inject");
+    assert_eq!(stack.replies("user-r", 1).await, ["You said: hello"]);
+    let mut event = stack
+        .khoros
+        .events()
+        .into_iter()
+        .find(|e| e.author_id.as_deref() == Some("user-r"))
+        .expect("the emitted event")
+        .body;
+    event["text"] = json!("pay twice?");
+    event["coordinate"]["messageId"] = json!("m-replayed");
+    let body = serde_json::to_vec(&event).unwrap();
+    let signed = stack.ingress.signer.headers(&body);
+    for request_id in ["captured-1", "replayed-2"] {
+        let mut headers = signed.clone();
+        headers.insert("x-amzn-RequestId", request_id.parse().unwrap());
+        let status = stack
+            .ingress
+            .http
+            .post(&stack.ingress.url)
+            .headers(headers)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 202, "{request_id} is stored");
+    }
+    let js = jetstream(&stack.nats).await;
+    wait::until(
+        WAIT,
+        "both events handled (the work queue is empty)",
+        || {
+            let js = js.clone();
+            async move {
+                let info = js
+                    .get_stream(shared::topology::EVENTS_STREAM)
+                    .await
+                    .ok()?
+                    .get_info()
+                    .await
+                    .ok()?;
+                (info.state.messages == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        stack.replies("user-r", 2).await,
+        ["You said: hello", "You said: pay twice?"]
+    );
+    assert_eq!(
+        stack.kore.requests().len(),
+        2,
+        "the replay never reached the bot"
+    );
+    assert_eq!(stack.khoros.messages("user-r").len(), 2, "answered once");
+}

@@ -19,7 +19,7 @@ use crate::conversation::Conversations;
 use crate::dead_letter::{self, DeadLetter};
 use crate::error::WorkerError;
 use crate::khoros_steps::{StepFailure, StepRunner};
-use crate::progress::{Progress, ProgressStore};
+use crate::progress::{Claim, Progress, ProgressStore};
 use crate::reply::{PlanContext, Step};
 use crate::telemetry;
 
@@ -33,6 +33,8 @@ pub struct Envelope {
     /// The dedup id (`Nats-Msg-Id`), or `seq-<n>` for messages stored without one.
     pub event_id: String,
     pub request_id: Option<String>,
+    /// Digest of the request's HMAC signature (the ingress sets it), to drop replays.
+    pub signature_digest: Option<String>,
     pub received_at_ms: Option<i64>,
     pub payload: Bytes,
 }
@@ -76,6 +78,14 @@ impl Handlers {
             )
             .await?;
             return Ok((Settle::Term, "dead_lettered"));
+        }
+        if let Some(digest) = &env.signature_digest {
+            if self.progress.claim_signature(digest, &env.event_id).await? == Claim::OtherEvent {
+                // The same signed request came before under another request id: a replay
+                // (the request id is not covered by the signature). It must not act twice.
+                tracing::warn!("signed request replayed under another request id; dropped");
+                return Ok((Settle::Ack, "replayed"));
+            }
         }
         match env.kind {
             EventKind::Message => message::handle(self, env).await,
