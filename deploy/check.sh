@@ -118,7 +118,7 @@ cp -r "$CHART" "$WORK/chart/"
 LINTED=$WORK/chart/$(basename "$CHART")
 if ! compgen -G "$LINTED/charts/nats*" >/dev/null; then
   mkdir -p "$LINTED/charts/nats"
-  printf 'apiVersion: v2\nname: nats\nversion: 1.0.0\ndescription: offline placeholder for the NATS chart\n' \
+  printf 'apiVersion: v2\nname: nats\nversion: 2.14.2\ndescription: offline placeholder for the NATS chart\n' \
     >"$LINTED/charts/nats/Chart.yaml"
 fi
 

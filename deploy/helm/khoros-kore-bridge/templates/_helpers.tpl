@@ -259,7 +259,8 @@ livenessProbe:
   timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /readyz, port: http}
+  # /readyz is served on the metrics port only (the ingress' http port is public).
+  httpGet: {path: /readyz, port: metrics}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
