@@ -1,4 +1,5 @@
-//! The Khoros Automation Framework event model (spec §3 and §5).
+//! The Khoros Automation Framework event model (`docs/vendors/khoros-webhooks.md`, "Common objects"
+//! and "Event types").
 //!
 //! Khoros adds fields without notice, so every object keeps what it does not know in `extra`
 //! and writes it back unchanged; an unknown `type` or `operation` is a value, not an error.
@@ -81,7 +82,8 @@ impl Owner {
             extra: Extra::new(),
         }
     }
-    /// True only for `BOT` owned by exactly this appId (spec §3.3).
+    /// True only for `BOT` owned by exactly this appId (`docs/vendors/khoros-webhooks.md`,
+    /// "Owner").
     pub fn is_bot(&self, app_id: &str) -> bool {
         self.kind == "BOT" && self.app_id.as_deref() == Some(app_id)
     }
@@ -113,7 +115,8 @@ pub struct Action {
     pub extra: Extra,
 }
 
-/// `type: "message"`: something the author wrote (spec §5.1).
+/// `type: "message"`: something the author wrote (`docs/vendors/khoros-webhooks.md`,
+/// "Message events").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageEvent {
@@ -203,7 +206,7 @@ pub struct Conversation {
     pub extra: Extra,
 }
 
-/// `type: "update"`: conversation lifecycle (spec §5.2–5.4).
+/// `type: "update"`: conversation lifecycle (`docs/vendors/khoros-webhooks.md`, "Update events").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateEvent {
@@ -220,7 +223,8 @@ pub struct UpdateEvent {
     pub extra: Extra,
 }
 
-/// `type: "control"`: ownership changed (spec §5.5, shape unconfirmed).
+/// `type: "control"`: ownership changed (`docs/vendors/khoros-webhooks.md`, "Control events"; the
+/// shape is assumed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlEvent {

@@ -1,7 +1,9 @@
-//! Client of the Khoros Bot API v3 (spec §4): respond, control, tags, token refresh, request log.
+//! Client of the Khoros Bot API v3 (`docs/vendors/khoros-bot-api-v3.md`): respond, control, tags,
+//! token refresh, request log.
 //!
 //! The client does one attempt per call; retrying is the caller's choice through
-//! [`crate::retry`], with each error already classified (spec §8: 5xx/429/timeouts retry,
+//! [`crate::retry`], with each error already classified (`docs/vendors/khoros-bot-api-v3.md`,
+//! "Status codes and retries": 5xx/429/timeouts retry,
 //! `/control` 409 and 404 retry, other 4xx do not).
 
 use std::time::Duration;
@@ -96,7 +98,8 @@ impl KhorosApi {
     }
 
     /// `PUT /bots/v3/control`; 409 is documented as safe to retry, 404 happens right after a
-    /// conversation's first message (spec §4.2), so both retry.
+    /// conversation's first message (`docs/vendors/khoros-bot-api-v3.md`, "Control (hand-off)"), so
+    /// both retry.
     pub async fn control(&self, token: &Secret, body: &Value) -> Result<(), UpstreamError> {
         self.call(
             "control",

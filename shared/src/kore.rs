@@ -1,5 +1,5 @@
-//! Client of the Kore.ai Webhook channel (Kore spec §1–§6): JWT signing, V1/V2 requests,
-//! sync and async modes, and parsing every answer shape into [`BotAnswer`].
+//! Client of the Kore.ai Webhook channel (`docs/vendors/kore-webhook-channel.md`): JWT signing,
+//! V1/V2 requests, sync and async modes, and parsing every answer shape into [`BotAnswer`].
 
 use std::time::Duration;
 
@@ -143,7 +143,8 @@ impl BotAnswer {
     }
 }
 
-/// A string that parses as a template object is a template (Kore spec §4.2); else text.
+/// A string that parses as a template object is a template (`docs/vendors/kore-webhook-channel.md`,
+/// "V2 answer"); else text.
 fn item_from_value(value: &Value) -> Option<BotItem> {
     match value {
         Value::String(text) => {
@@ -168,7 +169,7 @@ pub fn delivery_recipient(value: &Value) -> Option<&str> {
     value.get("to").and_then(Value::as_str)
 }
 
-/// Claims of the channel JWT (Kore spec §2.2).
+/// Claims of the channel JWT (`docs/vendors/kore-webhook-channel.md`, "Claims").
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Claims<'a> {
@@ -268,7 +269,8 @@ impl KoreClient {
             .bearer_auth(self.token_for(&turn.user_id, now_s))
             .json(&self.body(turn));
         // 504 means Kore gave up on a sync turn it may still complete: resending could make
-        // the bot act twice (Kore spec §7), so it is not retried; 429 and other 5xx are.
+        // the bot act twice (`docs/vendors/kore-webhook-channel.md`,
+        // "Errors, limits and timeouts"), so it is not retried; 429 and other 5xx are.
         let (_, bytes) = upstream::send(API, "webhook", request, |s| {
             s == 429 || (s >= 500 && s != 504)
         })

@@ -147,7 +147,8 @@ pub fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(cut).into_owned()
 }
 
-/// 5xx and 429: the retryable statuses of every upstream (spec §8).
+/// 5xx and 429: the retryable statuses of every upstream (`docs/decisions.md`,
+/// "Retry what can succeed, dead-letter what cannot").
 pub fn transient(status: u16) -> bool {
     status == 429 || status >= 500
 }

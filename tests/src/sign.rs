@@ -1,4 +1,5 @@
-//! Builds webhook requests the way Khoros sends them (spec §6), for tests and tools.
+//! Builds webhook requests the way Khoros sends them (`docs/vendors/khoros-webhooks.md`,
+//! "Authentication"), for tests and tools.
 
 use http::HeaderMap;
 use shared::auth::hmac::{SignatureHeaders, HEADER_API_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};

@@ -1,4 +1,5 @@
-//! Executes planned Bot API calls: retries (spec §8), one token reload on 401, and the
+//! Executes planned Bot API calls: retries (`docs/vendors/khoros-bot-api-v3.md`,
+//! "Status codes and retries"), one token reload on 401, and the
 //! exactly-once check for a `/respond` whose outcome a crash made unknown.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,7 +2,8 @@
 //!
 //! One durable pull consumer per (event type, partition) with at most one unacknowledged
 //! message, shared by every replica: one conversation is handled one message at a time, in
-//! stored order, while different partitions run in parallel (DESIGN decision 3).
+//! stored order, while different partitions run in parallel (`docs/decisions.md`,
+//! "Subjects say what and whose").
 //!
 //! # Layout
 //! - `config`: `WorkerConfig` from the environment.

@@ -1,4 +1,5 @@
-//! Turns what the bot said into Khoros Bot API calls, in order (Kore spec §5 and §8).
+//! Turns what the bot said into Khoros Bot API calls, in order
+//! (`docs/vendors/kore-webhook-channel.md`, "Templates" and "Hand-off convention").
 //!
 //! Each text becomes a `/respond`; quick replies and buttons become `actions`; images and
 //! videos become `media`; the `khoros_handoff` template, or a configured completed task,

@@ -1,4 +1,5 @@
-//! What happens on the Khoros side without the bot asking (spec §9 item 7): an author writes,
+//! What happens on the Khoros side without the bot asking (the events of
+//! `docs/vendors/khoros-webhooks.md`, "Event types"): an author writes,
 //! a conversation is closed, an agent replies, takes or returns control. Shared by the
 //! in-process API and the `/sim/actions/*` routes.
 
@@ -127,7 +128,8 @@ impl Shared {
     }
 
     /// An author writes: the message event goes to the bot, then (for a new conversation
-    /// and if enabled) the CREATED update (§5.1: the message arrives first).
+    /// and if enabled) the CREATED update (the message arrives first:
+    /// `docs/vendors/khoros-webhooks.md`, "Delivery").
     pub fn inject_message(&self, message: &InboundMessage) -> Result<Injected, SimError> {
         let key = self.resolve_ref(&AuthorRef {
             author_id: message.author_id.clone(),
@@ -179,7 +181,8 @@ impl Shared {
         self.with_state(|state| self.close(state, &key, disposition_id))
     }
 
-    /// An agent answers the author (AGENT_RESPONSE update, §5.4).
+    /// An agent answers the author (AGENT_RESPONSE update, `docs/vendors/khoros-webhooks.md`,
+    /// "Update events").
     pub fn agent_reply(&self, target: &AuthorRef, text: &str) -> Result<String, SimError> {
         let key = self.resolve_ref(target)?;
         let now = self.now_ms();

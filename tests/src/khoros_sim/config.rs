@@ -1,4 +1,5 @@
-//! Typed configuration of the simulator, with defaults matching the spec's examples, and
+//! Typed configuration of the simulator, with defaults matching the examples in
+//! `docs/vendors/`, and
 //! its `KHOROS_SIM_*` environment form for the binary.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,8 @@ use shared::Secret;
 
 pub use crate::sign::Credentials;
 
-/// The networkKeys the gateway accepts (§3.1); anything else is `400 Invalid networkKey`.
+/// The networkKeys the gateway accepts (`docs/vendors/khoros-bot-api-v3.md`,
+/// "Coordinate and author"); anything else is `400 Invalid networkKey`.
 pub const DEFAULT_NETWORKS: &[&str] = &[
     "apple",
     "brandmessenger",
@@ -34,16 +36,19 @@ pub struct KhorosSimConfig {
     pub external_id: String,
     /// A bearer token accepted from the start (opaque; tests and the demo pass it in).
     pub initial_token: Option<Secret>,
-    /// HS512 key of minted JWTs (§2.1's example key by default).
+    /// HS512 key of minted JWTs (by default the test key of `docs/vendors/khoros-bot-api-v3.md`,
+    /// "Authentication").
     pub jwt_signing_key: Secret,
     /// The `awsRegion` claim of minted JWTs.
     pub aws_region: String,
-    /// Basic credentials of the §2.2 token-creation host.
+    /// Basic credentials of the token-creation host (`docs/vendors/khoros-bot-api-v3.md`,
+    /// "Create the first token").
     pub token_host_user: String,
     pub token_host_password: Secret,
-    /// Valid networkKeys (§3.1).
+    /// Valid networkKeys (`docs/vendors/khoros-bot-api-v3.md`, "Coordinate and author").
     pub networks: Vec<String>,
-    /// Answer `/respond` with 202 and no body instead of 200 with a body (§4.1 lists both).
+    /// Answer `/respond` with 202 and no body instead of 200 with a body
+    /// (`docs/vendors/khoros-bot-api-v3.md`, "Respond", lists both).
     pub respond_accepted: bool,
     /// Where events go (the bot's `callbackUrl` and credentials); `None`: nothing is sent.
     pub webhook: Option<WebhookTarget>,
@@ -173,21 +178,24 @@ impl KhorosSimConfig {
     }
 }
 
-/// The bot's callback URL and how the sim authenticates to it (§6).
+/// The bot's callback URL and how the sim authenticates to it (`docs/vendors/khoros-webhooks.md`,
+/// "Authentication").
 #[derive(Clone, Debug)]
 pub struct WebhookTarget {
     pub url: String,
     pub credentials: Credentials,
 }
 
-/// How events are delivered (§6.3, §7).
+/// How events are delivered (`docs/vendors/khoros-webhooks.md`, "Delivery" and
+/// "What Khoros does with our answer").
 #[derive(Clone, Debug)]
 pub struct SenderConfig {
     /// Retries after a failed attempt (same `x-amzn-RequestId`, fresh signature timestamp).
     pub retries: u32,
     /// Fixed real-time pause between attempts.
     pub retry_delay: Duration,
-    /// A delivery slower than this failed (§7 assumes ~10 s).
+    /// A delivery slower than this failed (`docs/vendors/khoros-webhooks.md`,
+    /// "Success and failure", assumes ~10 s).
     pub timeout: Duration,
     /// Send an `update`/`CREATED` event after the first message of a conversation.
     pub emit_created: bool,
@@ -214,7 +222,8 @@ impl Default for SenderConfig {
     }
 }
 
-/// Test knobs that make deliveries fail authentication on purpose (§6.3).
+/// Test knobs that make deliveries fail authentication on purpose
+/// (`docs/vendors/khoros-webhooks.md`, "HMAC signature v2").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Tamper {

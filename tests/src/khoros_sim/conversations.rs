@@ -1,4 +1,5 @@
-//! The conversation model (spec §3, §4.2, §5.3, §7): one conversation per
+//! The conversation model (`docs/vendors/khoros-webhooks.md`, "Owner", and
+//! `docs/vendors/khoros-bot-api-v3.md`, "Control (hand-off)"): one conversation per
 //! (companyKey, networkKey, externalId, author.id), owned by `BOT(appId)` or `AGENT`, with
 //! its Care display id, tags, priority, notes and everything the bot sent to the author.
 
@@ -8,14 +9,15 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::event::{Author, Owner};
 
-/// Parent tag of every bot handoff (§7).
+/// Parent tag of every bot handoff (`docs/vendors/khoros-bot-api-v3.md`, "Hand-off tags").
 pub const TAG_BOT_HANDOFF: &str = "Bot Handoff";
 /// The bot called `PUT /control` to hand off.
 pub const TAG_STANDARD_HANDOFF: &str = "Standard Bot Handoff";
 /// The Framework handed off (undeliverable message, suspended bot).
 pub const TAG_AUTOMATIC_HANDOFF: &str = "Automatic Bot Handoff";
 
-/// First Care conversation number handed out (the spec's samples are in this range).
+/// First Care conversation number handed out (the samples in `docs/vendors/khoros-webhooks.md` are
+/// in this range).
 const FIRST_DISPLAY_ID: u64 = 512_000;
 
 /// Identifies a conversation.

@@ -1,4 +1,5 @@
-//! Errors: [`ApiError`] for the Bot API gateway (answered with the spec's exact body shapes)
+//! Errors: [`ApiError`] for the Bot API gateway (answered with the exact body shapes of
+//! `docs/vendors/khoros-bot-api-v3.md`, "Error bodies")
 //! and [`SimError`] for the in-process API and the `/sim` routes.
 
 use axum::http::{HeaderValue, StatusCode};
@@ -6,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-/// A refused Bot API call. Bodies follow the spec's "Error body shapes" table (§4).
+/// A refused Bot API call. Bodies follow `docs/vendors/khoros-bot-api-v3.md`, "Error bodies".
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// 400 `{"error":{"messages":[..]}}`.
@@ -34,7 +35,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP response, with `request_id` where the spec's shape carries one.
+    /// The HTTP response, with `request_id` where the documented shape carries one
+    /// (`docs/vendors/khoros-bot-api-v3.md`, "Error bodies").
     pub fn into_response_with(self, request_id: &str) -> Response {
         let (status, body, retry_after) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, messages(&m, None), None),

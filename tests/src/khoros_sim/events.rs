@@ -1,4 +1,5 @@
-//! Bodies of the events the Framework sends to the bot (spec §5): message, update
+//! Bodies of the events the Framework sends to the bot (`docs/vendors/khoros-webhooks.md`,
+//! "Event types"): message, update
 //! (CREATED, CLOSED, AGENT_RESPONSE), control, and the sim's suspension probe.
 
 use serde_json::{json, Map, Value};
@@ -10,7 +11,8 @@ use shared::event::{
 use super::actions::InboundMessage;
 use super::conversations::{ConvKey, Conversation};
 
-/// The coordinate of an event about `key` (§3.1), always `PRIVATE` scope.
+/// The coordinate of an event about `key` (`docs/vendors/khoros-webhooks.md`, "Coordinate"), always
+/// `PRIVATE` scope.
 pub fn coordinate(key: &ConvKey, app_id: &str, message_id: Option<&str>) -> Coordinate {
     Coordinate {
         company_key: Some(key.company_key.clone()),
@@ -28,7 +30,8 @@ fn to_value(event: Event) -> Value {
     serde_json::to_value(event).unwrap_or(Value::Null)
 }
 
-/// §5.1: carries the owner as the conversation stands now.
+/// `docs/vendors/khoros-webhooks.md`, "Message events": carries the owner as the conversation
+/// stands now.
 pub fn message(
     conversation: &Conversation,
     app_id: &str,
@@ -76,7 +79,7 @@ fn update(
     }))
 }
 
-/// §5.2.
+/// `docs/vendors/khoros-webhooks.md`, "Update events" (CREATED).
 pub fn created(conversation: &Conversation, app_id: &str) -> Value {
     update(
         conversation,
@@ -91,7 +94,7 @@ pub fn created(conversation: &Conversation, app_id: &str) -> Value {
     )
 }
 
-/// §5.3.
+/// `docs/vendors/khoros-webhooks.md`, "Update events" (CLOSED).
 pub fn closed(conversation: &Conversation, app_id: &str, disposition_id: i64) -> Value {
     update(
         conversation,
@@ -106,7 +109,7 @@ pub fn closed(conversation: &Conversation, app_id: &str, disposition_id: i64) ->
     )
 }
 
-/// §5.4.
+/// `docs/vendors/khoros-webhooks.md`, "Update events" (AGENT_RESPONSE).
 pub fn agent_response(conversation: &Conversation, app_id: &str, text: &str, now_ms: i64) -> Value {
     update(
         conversation,
@@ -121,7 +124,7 @@ pub fn agent_response(conversation: &Conversation, app_id: &str, text: &str, now
     )
 }
 
-/// §5.5 (assumed shape): the owner after the change.
+/// `docs/vendors/khoros-webhooks.md`, "Control events" (assumed shape): the owner after the change.
 pub fn control(conversation: &Conversation, app_id: &str, comment: Option<&str>) -> Value {
     to_value(Event::Control(ControlEvent {
         coordinate: coordinate(&conversation.key, app_id, None),
@@ -134,8 +137,9 @@ pub fn control(conversation: &Conversation, app_id: &str, comment: Option<&str>)
     }))
 }
 
-/// The sim's suspension probe. The spec only says the Framework "re-tries delivery every
-/// 2 minutes"; an event of a type the bot must accept and ignore (§5) has no side effects.
+/// The sim's suspension probe. `docs/vendors/khoros-webhooks.md` ("Suspension") only says Khoros
+/// tries a delivery again every 2 minutes; an event of a type the bot must accept and ignore
+/// ("Event types") has no side effects.
 pub fn probe(
     company_key: &str,
     network_key: &str,

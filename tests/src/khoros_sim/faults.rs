@@ -3,7 +3,8 @@
 //!
 //! Route names: `respond`, `control` (PUT), `control_get`, `tag` (tag and tag/remove),
 //! `priority`, `note`, `workqueue`, `resolve`, `authors`, `request`, `tokens` (refresh and
-//! DELETE), `health`, `token_create` (the §2.2 instance host), and `*` for all of them.
+//! DELETE), `health`, `token_create` (the Care instance host of
+//! `docs/vendors/khoros-bot-api-v3.md`, "Create the first token"), and `*` for all of them.
 
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ pub const ROUTES: &[&str] = &[
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
     pub route: String,
-    /// Answer with this status (400..=599) and the spec's error body for it.
+    /// Answer with this status (400..=599) and the error body `docs/vendors/khoros-bot-api-v3.md`
+    /// gives for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// `Retry-After` seconds (sent with any forced status, typically 429 or 503).

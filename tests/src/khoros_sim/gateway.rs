@@ -1,10 +1,12 @@
-//! The Bot API v3 gateway (spec §4): every `/bots/v3/*` route with its status codes and
+//! The Bot API v3 gateway (`docs/vendors/khoros-bot-api-v3.md`): every `/bots/v3/*` route with its
+//! status codes and
 //! error bodies.
 //!
 //! One middleware wraps all routes: it assigns the `x-amzn-RequestId`, applies injected
 //! faults, checks the bearer token against the token table, and logs the call (origin `BOT`)
 //! for `GET /bots/v3/request/{id}`. Handlers parse bodies themselves so malformed JSON gets
-//! the spec's 400 shape rather than axum's plain-text rejection.
+//! the 400 shape of `docs/vendors/khoros-bot-api-v3.md` ("Error bodies") rather than axum's
+//! plain-text rejection.
 
 use std::sync::Arc;
 
@@ -27,7 +29,8 @@ use super::state::Shared;
 
 /// Largest request body accepted (axum's own default).
 const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// The response header Khoros puts on every Bot API answer (§6.4).
+/// The response header Khoros puts on every Bot API answer (`docs/vendors/khoros-webhooks.md`,
+/// "Request id").
 pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
 /// What the middleware tells a handler about the call.
@@ -275,7 +278,7 @@ fn log_call(
     shared.with_state(|state| state.log.insert(record));
 }
 
-/// The human text of one of the spec's error bodies.
+/// The human text of one of the error bodies of `docs/vendors/khoros-bot-api-v3.md`.
 fn error_text(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let error = value.get("error")?;
@@ -299,7 +302,8 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
-/// The common part of every action body: `type`, `coordinate`, `author` (§4.1–§4.6).
+/// The common part of every action body: `type`, `coordinate`, `author`
+/// (`docs/vendors/khoros-bot-api-v3.md`, "Coordinate and author").
 struct Envelope {
     body: Map<String, Value>,
     kind: String,
@@ -346,7 +350,8 @@ impl Envelope {
             .as_deref()
             .filter(|e| !e.is_empty())
             .ok_or_else(|| bad("coordinate.externalId may not be null"))?;
-        // §2.5: a token of appId A on a coordinate of bot B.
+        // `docs/vendors/khoros-bot-api-v3.md`, "Token errors": a token of appId A on a coordinate
+        // of bot B.
         if coordinate
             .bot_id
             .as_deref()
@@ -389,7 +394,7 @@ fn not_owner(body: &Map<String, Value>) -> String {
     format!("This bot doesn't own the conversation {coordinate}")
 }
 
-// §4.1
+// `docs/vendors/khoros-bot-api-v3.md`, "Respond"
 async fn respond(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -450,7 +455,7 @@ fn respond_inner(shared: &Shared, ctx: &Ctx, raw: &[u8]) -> Result<Response, Api
     .into_response())
 }
 
-// §4.2
+// `docs/vendors/khoros-bot-api-v3.md`, "Control (hand-off)"
 async fn control(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -503,7 +508,7 @@ fn control_inner(shared: &Shared, ctx: &Ctx, raw: &[u8]) -> Result<Response, Api
     Ok(Json(json!({ "data": echo })).into_response())
 }
 
-// §4.3
+// `docs/vendors/khoros-bot-api-v3.md`, "Control lookup"
 async fn control_status(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -538,7 +543,7 @@ async fn control_status(
     reply(&ctx, result)
 }
 
-// §4.4
+// `docs/vendors/khoros-bot-api-v3.md`, "Tags"
 async fn tag(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -596,7 +601,7 @@ fn tag_inner(shared: &Shared, ctx: &Ctx, raw: &[u8], remove: bool) -> Result<Res
     })
 }
 
-// §4.5
+// `docs/vendors/khoros-bot-api-v3.md`, "Other actions"
 async fn priority(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -623,7 +628,7 @@ async fn priority(
     reply(&ctx, result)
 }
 
-// §4.6
+// `docs/vendors/khoros-bot-api-v3.md`, "Other actions"
 async fn note(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -736,7 +741,7 @@ async fn author_attributes(
     reply(&ctx, result)
 }
 
-// §4.9
+// `docs/vendors/khoros-bot-api-v3.md`, "Request status lookup"
 async fn request_one(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -819,7 +824,7 @@ fn check_app(ctx: &Ctx, app_id: &str) -> Result<(), ApiError> {
     }
 }
 
-// §2.3
+// `docs/vendors/khoros-bot-api-v3.md`, "Refresh a token"
 async fn token_refresh(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -835,7 +840,7 @@ async fn token_refresh(
     reply(&ctx, result)
 }
 
-// §2.4
+// `docs/vendors/khoros-bot-api-v3.md`, "Invalidate every token"
 async fn token_delete(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
@@ -851,7 +856,7 @@ async fn token_delete(
     reply(&ctx, result)
 }
 
-// §4.10
+// `docs/vendors/khoros-bot-api-v3.md`, "Bot health"
 async fn health(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,

@@ -1,4 +1,5 @@
-//! Delivery health (spec §4.10) and suspension (§7), both on the sim clock.
+//! Delivery health (`docs/vendors/khoros-bot-api-v3.md`, "Bot health") and suspension
+//! (`docs/vendors/khoros-webhooks.md`, "Suspension"), both on the sim clock.
 //!
 //! Every delivery attempt (each retry counts) lands in a rolling 2-minute window. More than
 //! 10 consecutive failures within 2 minutes suspend deliveries; a probe every 2 minutes of
@@ -8,7 +9,8 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-/// The rolling window of §4.10 and of the suspension rule.
+/// The rolling window of `docs/vendors/khoros-bot-api-v3.md`, "Bot health", and of the suspension
+/// rule.
 pub const WINDOW_MS: i64 = 2 * 60 * 1000;
 /// Suspend when the consecutive failures within the window exceed this.
 pub const SUSPEND_AFTER_FAILURES: usize = 10;
@@ -25,7 +27,7 @@ pub enum HealthStatus {
     Down,
 }
 
-/// One element of the §4.10 `data` array.
+/// One element of the `data` array of `docs/vendors/khoros-bot-api-v3.md`, "Bot health".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthReport {

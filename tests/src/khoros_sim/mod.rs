@@ -1,6 +1,7 @@
 //! The Khoros Care simulator: a faithful stand-in for the Bot API v3 gateway, the Automation
 //! Framework's event sender and the Care conversation model, built from
-//! `shared/docs/khoros-bot-api-v3.md`. Every test, the local demo and the benchmarks use it.
+//! `docs/vendors/khoros-bot-api-v3.md` and `docs/vendors/khoros-webhooks.md`. Every test, the local
+//! demo and the benchmarks use it.
 //!
 //! Start one with [`KhorosSim::start`]; the bridge calls its `/bots/v3/*` routes with a
 //! bearer token, tests inject author messages and agent actions and read back what the bot
@@ -12,7 +13,8 @@
 //! - [`tokens`]: the bearer-token table: minting, 10-minute refresh grace, DELETE.
 //! - [`conversations`]: ownership, display ids, tags, priority, replies per author.
 //! - [`gateway`]: the Bot API v3 routes, with auth, faults and the request log.
-//! - [`token_host`]: the Care instance's §2.2 token creation (Basic auth).
+//! - [`token_host`]: the Care instance's token creation (Basic auth;
+//!   `docs/vendors/khoros-bot-api-v3.md`, "Create the first token").
 //! - [`events`]: bodies of message, update, control and probe events.
 //! - [`sender`]: signed delivery, retries, automatic handoff, suspension and probes.
 //! - [`health`]: the rolling 2-minute health window and suspension rule.
@@ -22,7 +24,8 @@
 //! - [`settings`]: what `/sim/settings` may change at run time.
 //! - [`inspect`]: the `/sim/*` inspection and control API.
 //! - [`state`]: the shared state and the operations spanning several parts.
-//! - [`error`]: [`ApiError`] (spec body shapes), [`SimError`], [`StartError`].
+//! - [`error`]: [`ApiError`] (the body shapes of `docs/vendors/khoros-bot-api-v3.md`,
+//!   "Error bodies"), [`SimError`], [`StartError`].
 
 pub mod actions;
 pub mod clock;
@@ -292,7 +295,8 @@ impl KhorosSim {
             .with_state(|state| state.settings.sender.tamper = tamper);
     }
 
-    /// `/respond` answers 202 with no body (true) or 200 with the §4.1 body (false).
+    /// `/respond` answers 202 with no body (true) or 200 with the body of
+    /// `docs/vendors/khoros-bot-api-v3.md`, "Respond" (false).
     pub fn set_respond_accepted(&self, accepted: bool) {
         self.shared
             .with_state(|state| state.settings.respond_accepted = accepted);
@@ -401,7 +405,8 @@ impl Drop for KhorosSim {
     }
 }
 
-/// Unknown paths: the spec's 404 shape (with `x-amzn-RequestId`) under `/bots/v3`, a
+/// Unknown paths: the 404 shape of `docs/vendors/khoros-bot-api-v3.md`, "Error bodies" (with
+/// `x-amzn-RequestId`) under `/bots/v3`, a
 /// `/sim`-style error elsewhere.
 async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
     if uri.path().starts_with("/bots/v3/") {

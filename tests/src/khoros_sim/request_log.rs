@@ -1,4 +1,5 @@
-//! The request log behind `GET /bots/v3/request/...` (spec §4.9): every Bot API call (origin
+//! The request log behind `GET /bots/v3/request/...` (`docs/vendors/khoros-bot-api-v3.md`,
+//! "Request status lookup"): every Bot API call (origin
 //! `BOT`) and every webhook delivery (origin `KHOROS`), keyed by its `x-amzn-RequestId`.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,7 +25,8 @@ pub enum RequestState {
     Error,
 }
 
-/// One record, serialised exactly as the `data` of §4.9.
+/// One record, serialised exactly as the `data` of `docs/vendors/khoros-bot-api-v3.md`,
+/// "Request status lookup".
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRecord {

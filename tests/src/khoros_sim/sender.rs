@@ -1,4 +1,5 @@
-//! The event sender (spec §6.3, §7): signs and delivers queued events to the webhook,
+//! The event sender (`docs/vendors/khoros-webhooks.md`, "Authentication" and
+//! "What Khoros does with our answer"): signs and delivers queued events to the webhook,
 //! retries with the same `x-amzn-RequestId`, hands undeliverable messages to an agent,
 //! suspends after persistent failures and probes every 2 minutes of sim time to resume.
 
@@ -101,7 +102,8 @@ async fn run_prober(shared: Arc<Shared>) {
     }
 }
 
-/// Delivers one event with its retries and applies the §7 consequences.
+/// Delivers one event with its retries and applies the consequences of
+/// `docs/vendors/khoros-webhooks.md`, "What Khoros does with our answer".
 async fn deliver(shared: &Shared, job: Job) {
     let (target, sender, suspended) = {
         let state = shared.lock();

@@ -282,7 +282,8 @@ impl Shared {
         Some(change)
     }
 
-    /// §7 automatic handoff: only a conversation this bot owns moves to an agent.
+    /// Automatic handoff (`docs/vendors/khoros-webhooks.md`, "Automatic hand-off"): only a
+    /// conversation this bot owns moves to an agent.
     pub fn automatic_handoff(&self, key: &ConvKey, reason: &str) {
         use super::conversations::{TAG_AUTOMATIC_HANDOFF, TAG_BOT_HANDOFF};
         let app_id = self.config.app_id.clone();
@@ -304,7 +305,8 @@ impl Shared {
         });
     }
 
-    /// Closes the conversation (§5.3): CLOSED update, then ownership back to the bot.
+    /// Closes the conversation (`docs/vendors/khoros-webhooks.md`, "Update events"): CLOSED update,
+    /// then ownership back to the bot.
     pub fn close(
         &self,
         state: &mut State,

@@ -1,4 +1,5 @@
-//! The Care instance's token-creation endpoint (spec §2.2): HTTP Basic, one-shot create
+//! The Care instance's token-creation endpoint (`docs/vendors/khoros-bot-api-v3.md`,
+//! "Create the first token"): HTTP Basic, one-shot create
 //! (409 while a token exists, allowed again after DELETE), and GET to read the current one.
 
 use std::sync::Arc;

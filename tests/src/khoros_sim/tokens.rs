@@ -1,4 +1,5 @@
-//! The Bot API token table (spec §2): which bearer tokens are valid, for which appId, until when.
+//! The Bot API token table (`docs/vendors/khoros-bot-api-v3.md`, "Tokens"): which bearer tokens are
+//! valid, for which appId, until when.
 //!
 //! Tokens are minted as HS512 JWTs shaped like Khoros' (claims `companyKey`, `userName`,
 //! `awsRegion`, `exp`), but validity is decided here, never by the JWT's own `exp`: refresh
@@ -8,9 +9,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use shared::Secret;
 
-/// A token lives 90 days from issue (§2.2, §2.3).
+/// A token lives 90 days from issue (`docs/vendors/khoros-bot-api-v3.md`, "Tokens").
 pub const TOKEN_LIFETIME_MS: i64 = 90 * 24 * 60 * 60 * 1000;
-/// A refreshed token keeps working this long after it was submitted for refresh (§2.3).
+/// A refreshed token keeps working this long after it was submitted for refresh
+/// (`docs/vendors/khoros-bot-api-v3.md`, "Refresh a token").
 pub const REFRESH_GRACE_MS: i64 = 10 * 60 * 1000;
 
 /// Where a token stands at a given sim time.
@@ -41,7 +43,8 @@ pub struct TokenView {
     pub configured: bool,
 }
 
-/// A freshly issued token (the `data` of §2.2 and §2.3 answers).
+/// A freshly issued token (the `data` of the create and refresh answers in
+/// `docs/vendors/khoros-bot-api-v3.md`, "Tokens").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuedToken {
@@ -58,7 +61,7 @@ pub enum TokenRejected {
     NotValid(TokenState),
 }
 
-/// Why a §2.2 create is refused.
+/// Why a create (`docs/vendors/khoros-bot-api-v3.md`, "Create the first token") is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CreateRefused {
     #[error("a token already exists for this ownerId")]
@@ -187,13 +190,15 @@ impl TokenTable {
         }
     }
 
-    /// §2.3: a new token for the appId; the presented one (and any other active one) keeps
+    /// `docs/vendors/khoros-bot-api-v3.md`, "Refresh a token": a new token for the appId; the
+    /// presented one (and any other active one) keeps
     /// working for the grace period. A token already in grace keeps its original deadline.
     pub fn refresh(&mut self, app_id: &str, now_ms: i64) -> IssuedToken {
         self.mint(app_id, now_ms)
     }
 
-    /// §2.4: kills every token of the appId at once, no grace. Returns how many were live.
+    /// `docs/vendors/khoros-bot-api-v3.md`, "Invalidate every token": kills every token of the
+    /// appId at once, no grace. Returns how many were live.
     pub fn revoke_all(&mut self, app_id: &str, now_ms: i64) -> usize {
         let mut live = 0;
         for entry in self.entries.iter_mut().filter(|e| e.app_id == app_id) {
@@ -205,7 +210,8 @@ impl TokenTable {
         live
     }
 
-    /// §2.2 create: one-shot while an active token exists (409), allowed again after DELETE.
+    /// `docs/vendors/khoros-bot-api-v3.md`, "Create the first token": one-shot while an active
+    /// token exists (409), allowed again after DELETE.
     pub fn create(&mut self, app_id: &str, now_ms: i64) -> Result<IssuedToken, CreateRefused> {
         if self.active(app_id, now_ms).is_some() {
             return Err(CreateRefused::AlreadyExists);
@@ -213,7 +219,8 @@ impl TokenTable {
         Ok(self.mint(app_id, now_ms))
     }
 
-    /// The current (non-grace) token of the appId, as §2.2 GET reports it.
+    /// The current (non-grace) token of the appId, as the GET of
+    /// `docs/vendors/khoros-bot-api-v3.md`, "Create the first token", reports it.
     pub fn active(&self, app_id: &str, now_ms: i64) -> Option<IssuedToken> {
         self.entries
             .iter()

@@ -1,4 +1,5 @@
-//! Async-mode deliveries (spec §6.2): after the acknowledgement each bot message is POSTed
+//! Async-mode deliveries (`docs/vendors/kore-webhook-channel.md`, "Deliveries"): after the
+//! acknowledgement each bot message is POSTed
 //! to the channel's POST_URL, one request per message, then a separate task-status delivery
 //! if the turn ended a task. One worker per user sends that user's deliveries sequentially,
 //! in order; workers exit after a quiet spell or on shutdown. Every delivery's outcome is

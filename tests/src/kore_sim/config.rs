@@ -19,14 +19,16 @@ use super::script::Turn;
 pub const DEFAULT_BOT_ID: &str = "st-11111111-2222-3333-4444-555555555555";
 /// The Client ID of the channel's app (the `appId` claim).
 pub const DEFAULT_CLIENT_ID: &str = "cs-00000000-test-app";
-/// The Client Secret of the channel's app (the JWT test vectors of the spec use it).
+/// The Client Secret of the channel's app (the JWT test vectors of
+/// `docs/vendors/kore-webhook-channel.md` use it).
 pub const DEFAULT_CLIENT_SECRET: &str = "kore-test-client-secret-123";
 /// Kore's documented limit for a synchronous call.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many requests and deliveries the inspection log keeps (oldest dropped first).
 pub const DEFAULT_RECORD_LIMIT: usize = 10_000;
 
-/// Integration mode of a channel instance (spec §1.3).
+/// Integration mode of a channel instance (`docs/vendors/kore-webhook-channel.md`,
+/// "Integration modes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -47,7 +49,8 @@ impl FromStr for Mode {
     }
 }
 
-/// Signing algorithm chosen for the channel's app; HS* only (spec §2.1).
+/// Signing algorithm chosen for the channel's app; HS* only
+/// (`docs/vendors/kore-webhook-channel.md`, "JWT").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JwtAlg {
     HS256,
@@ -74,10 +77,11 @@ impl FromStr for JwtAlg {
     }
 }
 
-/// How the async access token is presented to POST_URL (spec §6.3, unconfirmed upstream).
+/// How the async access token is presented to POST_URL (`docs/vendors/kore-webhook-channel.md`,
+/// "Authenticating deliveries"; Kore does not document it).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum TokenHeader {
-    /// `Authorization: Bearer <token>` (the spec's assumption).
+    /// `Authorization: Bearer <token>` (the assumption of `docs/vendors/kore-webhook-channel.md`).
     #[default]
     Bearer,
     /// `<name>: <token>`, the raw token in a custom header.
@@ -113,7 +117,8 @@ impl TokenHeader {
     }
 }
 
-/// Settings of one webhook channel instance (spec §1.3, §6).
+/// Settings of one webhook channel instance (`docs/vendors/kore-webhook-channel.md`,
+/// "Integration modes" and "Async mode").
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelConfig {
     /// Sync answers in the HTTP response; async acknowledges and delivers to `post_url`.

@@ -1,5 +1,6 @@
 //! Every way a webhook call can fail, mapped to a status and Kore's error envelope
-//! (spec §7): `{"errors":[{"msg":..,"code":..}],"_v":"v2","_t":"RTM-TRACE-.."}` for V2 and
+//! (`docs/vendors/kore-webhook-channel.md`, "Errors, limits and timeouts"):
+//! `{"errors":[{"msg":..,"code":..}],"_v":"v2","_t":"RTM-TRACE-.."}` for V2 and
 //! polls, the bare `errors` array for V1.
 
 use axum::http::StatusCode;
@@ -68,7 +69,8 @@ impl SimError {
     }
 
     /// Body of the error response in the given flavour.
-    /// "No data found" is bare, as in the spec's poll table.
+    /// "No data found" is bare, as in the poll table of `docs/vendors/kore-webhook-channel.md`,
+    /// "V2 polling".
     pub fn envelope(&self, flavour: Flavour) -> Value {
         let flavour = match self {
             SimError::NoDataFound => Flavour::V1,

@@ -1,8 +1,10 @@
-//! The JWT checks of spec §2.3, done for real with `jsonwebtoken`, plus token minting for
+//! The JWT checks of `docs/vendors/kore-webhook-channel.md`, "What Kore checks", done for real with
+//! `jsonwebtoken`, plus token minting for
 //! tests and a signature-free decoder for the inspection log.
 //!
 //! Expiry is checked against a `now` passed in by the caller (the server passes the wall
-//! clock), so the spec's fixed test vectors can be verified at a chosen instant.
+//! clock), so the fixed test vectors of `docs/vendors/kore-webhook-channel.md` ("Test vectors") can
+//! be verified at a chosen instant.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,7 +49,8 @@ pub enum JwtError {
 
 impl JwtError {
     /// The `msg` of the 401 envelope: JTI violations use Kore's "error verifying the jwt:"
-    /// wording (spec §7), everything else "Invalid Access token".
+    /// wording (`docs/vendors/kore-webhook-channel.md`, "Errors, limits and timeouts"), everything
+    /// else "Invalid Access token".
     pub fn envelope_msg(&self) -> String {
         match self {
             JwtError::Jti(_) => self.to_string(),
@@ -84,7 +87,8 @@ impl VerifiedToken {
         Some((jti, exp))
     }
 
-    /// The V2 rule of spec §2.2: a `userIdentity` claim must equal `from.id`.
+    /// The V2 rule of `docs/vendors/kore-webhook-channel.md`, "Claims": a `userIdentity` claim must
+    /// equal `from.id`.
     pub fn check_user(&self, from_id: &str) -> Result<(), JwtError> {
         match self.user_identity() {
             Some(claim) if claim != from_id => Err(JwtError::UserIdentityMismatch {

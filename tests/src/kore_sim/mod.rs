@@ -1,5 +1,5 @@
 //! Kore.ai simulator: the XO platform's Webhook channel with a scriptable bot, faithful to
-//! `shared/docs/kore-webhook-channel.md`. Tests, the local demo and the benchmarks use it in
+//! `docs/vendors/kore-webhook-channel.md`. Tests, the local demo and the benchmarks use it in
 //! place of Kore.ai.
 //!
 //! ```no_run
@@ -15,7 +15,8 @@
 //! # Layout
 //! - [`config`]: `KoreSimConfig` (bot, app/JWT, channel instances, latency, outage, ...) and
 //!   the runtime `ConfigPatch`.
-//! - [`jwt`]: the JWT checks of spec §2.3, token minting for tests, a decoder for the log.
+//! - [`jwt`]: the JWT checks (`docs/vendors/kore-webhook-channel.md`, "What Kore checks"), token
+//!   minting for tests, a decoder for the log.
 //! - [`payload`]: V1/V2 request validation.
 //! - [`script`]: the scriptable bot (`Turn`, per-user queues, echo).
 //! - [`templates`]: Kore templates and the `khoros_handoff` convention.
@@ -112,7 +113,8 @@ impl KoreSim {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`: the `{host}` of the spec.
+    /// `http://127.0.0.1:<port>`: the `{host}` of `docs/vendors/kore-webhook-channel.md`,
+    /// "Endpoints".
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -1,4 +1,5 @@
-//! Parsing and validating inbound bodies (spec §3): V1 needs `message.text` and `from.id`;
+//! Parsing and validating inbound bodies (`docs/vendors/kore-webhook-channel.md`, "Requests"): V1
+//! needs `message.text` and `from.id`;
 //! V2 needs `message.type`, `message.val` (typed by `type`; with attachments `type` must be
 //! `text` and `val` non-empty) and `from.id`. Anything else is "Invalid Request Payload".
 

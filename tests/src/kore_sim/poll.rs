@@ -1,4 +1,5 @@
-//! V2 sync polling (spec §4.3): a turn with a pause answers with the messages before it and
+//! V2 sync polling (`docs/vendors/kore-webhook-channel.md`, "V2 polling"): a turn with a pause
+//! answers with the messages before it and
 //! a `pollId`; the rest is handed out, exactly once, by `GET .../poll/{pollId}` after the
 //! pause has elapsed (possibly with a new `pollId` if another pause follows).
 

@@ -1,4 +1,5 @@
-//! Kore's channel runtime limit (spec §7: 60 requests per minute per bot + user), as a
+//! Kore's channel runtime limit (60 requests per minute per bot + user;
+//! `docs/vendors/kore-webhook-channel.md`, "Errors, limits and timeouts"), as a
 //! rolling window. Off unless configured: benchmarks drive far more than that.
 
 use std::collections::{HashMap, VecDeque};

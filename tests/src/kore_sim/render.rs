@@ -1,5 +1,6 @@
 //! Wire format of the bot's answers: V1 `text` (string | object | array), V2 `data[]` items,
-//! the async delivery bodies (spec §4, §6.2) and Kore-looking ids and timestamps.
+//! the async delivery bodies (`docs/vendors/kore-webhook-channel.md`, "Sync answers" and
+//! "Deliveries") and Kore-looking ids and timestamps.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,8 @@ pub fn message_id() -> String {
     format!("ms-{}", uuid::Uuid::new_v4())
 }
 
-/// 32 hex digits, like the spec's sample `pollId`.
+/// 32 hex digits, like the sample `pollId` described in `docs/vendors/kore-webhook-channel.md`,
+/// "V2 polling".
 pub fn poll_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -59,7 +61,8 @@ pub fn v1_text(steps: &[Step]) -> Value {
     }
 }
 
-/// A V2 `data[]` item; sync items carry a `messageId`, async ones do not (spec §6.2).
+/// A V2 `data[]` item; sync items carry a `messageId`, async ones do not
+/// (`docs/vendors/kore-webhook-channel.md`, "Deliveries").
 pub fn v2_item(step: &Step, with_id: bool) -> Option<Value> {
     let (kind, val) = match step {
         Step::Text(t) => ("text", Value::String(t.clone())),

@@ -103,7 +103,8 @@ impl Turn {
         Self::template(templates::buttons(text, buttons))
     }
 
-    /// The `khoros_handoff` convention of spec §8.
+    /// The `khoros_handoff` convention of `docs/vendors/kore-webhook-channel.md`,
+    /// "Hand-off convention".
     pub fn handoff(comment: &str, tag_ids: &[u64]) -> Self {
         Self::template(templates::handoff(comment, tag_ids))
     }

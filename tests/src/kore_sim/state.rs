@@ -22,7 +22,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One user's conversation as the bot sees it (spec §9).
+/// One user's conversation as the bot sees it (`docs/vendors/kore-webhook-channel.md`,
+/// "Users and sessions").
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {

@@ -1,4 +1,5 @@
-//! Kore's message templates (spec §5) and the project's hand-off convention (spec §8), as
+//! Kore's message templates and the project's hand-off convention
+//! (`docs/vendors/kore-webhook-channel.md`, "Templates" and "Hand-off convention"), as
 //! the JSON objects a bot puts in `text` (V1) or `val` (V2).
 
 use serde_json::{json, Value};

@@ -1,4 +1,5 @@
-//! The Webhook channel routes (spec §1.1, §4, §6): V1 `POST /chatbot/hooks/{botId}`, V2
+//! The Webhook channel routes (`docs/vendors/kore-webhook-channel.md`, "Endpoints"): V1
+//! `POST /chatbot/hooks/{botId}`, V2
 //! `POST /chatbot/v2/webhook/{botId}` (each with `/hookInstance/{id}`), and the V2 poll
 //! `GET /chatbot/v2/webhook/{botId}/poll/{pollId}`.
 //!
@@ -537,7 +538,7 @@ fn next_turn(state: &State, config: &KoreSimConfig, inbound: &Inbound) -> Turn {
     }
 }
 
-/// Spec §4.4.
+/// `docs/vendors/kore-webhook-channel.md`, "Session events".
 fn session_closure(closed: bool) -> Value {
     let (event_type, description) = if closed {
         ("SESSION_CLOSURE_SUCCESS", "session closed successfully")

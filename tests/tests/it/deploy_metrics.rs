@@ -1,5 +1,5 @@
 //! The Grafana dashboard and the alert rules in `deploy/` use only metric names the code
-//! exports (DESIGN.md decision 7).
+//! exports (`docs/decisions.md`, "Everything is observable").
 //!
 //! Every metric name referenced by `deploy/grafana/khoros-kore-bridge.json` (panel queries and
 //! variable queries) and `deploy/prometheus/rules.yaml` is parsed out of its PromQL

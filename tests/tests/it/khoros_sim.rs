@@ -210,7 +210,8 @@ async fn receive(
 }
 
 /// A refreshed token keeps working for 10 minutes of sim time and no longer; DELETE kills
-/// the new and the old token at once, after which the §2.2 create works again (once).
+/// the new and the old token at once, after which the create of
+/// `docs/vendors/khoros-bot-api-v3.md`, "Create the first token", works again (once).
 #[tokio::test]
 async fn token_refresh_grace_and_delete() {
     let sim = start(config()).await;
@@ -282,7 +283,8 @@ async fn token_refresh_grace_and_delete() {
         "grace token after DELETE"
     );
 
-    // §2.2: create is one-shot again after DELETE.
+    // `docs/vendors/khoros-bot-api-v3.md`, "Create the first token": create is one-shot again after
+    // DELETE.
     let basic = shared::auth::basic::header_value(
         &sim.config().token_host_user,
         sim.config().token_host_password.expose(),
@@ -309,7 +311,8 @@ async fn token_refresh_grace_and_delete() {
     assert_eq!(health_with(&sim, minted).await, 401, "expired");
 }
 
-/// Missing, garbage and wrong-scheme credentials get 401 with the spec's body, whose
+/// Missing, garbage and wrong-scheme credentials get 401 with the body of
+/// `docs/vendors/khoros-bot-api-v3.md`, "Token errors", whose
 /// requestId equals the `x-amzn-RequestId` header.
 #[tokio::test]
 async fn unauthorized_has_the_spec_body() {
@@ -339,7 +342,8 @@ async fn unauthorized_has_the_spec_body() {
     assert_eq!(basic.status(), 401);
 }
 
-/// `/respond` answers 200 with the §4.1 body while the bot owns the conversation and 403
+/// `/respond` answers 200 with the body of `docs/vendors/khoros-bot-api-v3.md`, "Respond", while
+/// the bot owns the conversation and 403
 /// once an agent owns it; the reply is recorded per author.
 #[tokio::test]
 async fn respond_is_forbidden_when_an_agent_owns_the_conversation() {
@@ -377,7 +381,8 @@ async fn respond_is_forbidden_when_an_agent_owns_the_conversation() {
     );
     assert_eq!(sim.messages("u1").len(), 1);
 
-    // A coordinate naming another bot is refused too (§2.5).
+    // A coordinate naming another bot is refused too (`docs/vendors/khoros-bot-api-v3.md`,
+    // "Token errors").
     let mut other = respond_body("u2", "hi");
     other["coordinate"]["botId"] = json!("someone-else");
     let answer = call(

@@ -1,4 +1,4 @@
-//! kore-sim behaviour tests: the Webhook channel as `shared/docs/kore-webhook-channel.md`
+//! kore-sim behaviour tests: the Webhook channel as `docs/vendors/kore-webhook-channel.md`
 //! describes it (JWT checks, payload rules, sync/async answers, errors, polling) and the
 //! `/sim/...` control API.
 
@@ -227,7 +227,8 @@ async fn bad_tokens_get_401_with_the_envelope() {
     assert!(errors.iter().any(|e| e.contains("expired")), "{errors:?}");
 }
 
-/// Scripted turns are consumed per user in order and rendered as the spec shows: V1 arrays and
+/// Scripted turns are consumed per user in order and rendered as
+/// `docs/vendors/kore-webhook-channel.md` ("Sync answers") shows: V1 arrays and
 /// template objects in `text`, V2 `template` items, task-end fields, then back to the echo.
 #[tokio::test]
 async fn scripted_turns_render_as_specified() {
@@ -587,7 +588,8 @@ async fn v2_polling_hands_out_slow_messages_once() {
 }
 
 /// The HTTP control API scripts turns, changes config at runtime, lists requests and sessions,
-/// and resets; SESSION_CLOSURE closes the session per spec §4.4.
+/// and resets; SESSION_CLOSURE closes the session per `docs/vendors/kore-webhook-channel.md`,
+/// "Session events".
 #[tokio::test]
 async fn control_api_over_http() {
     let sim = sim(KoreSimConfig::default()).await;

@@ -152,7 +152,8 @@ async fn ask_bot(
         ));
     }
     let text = match (&event.text, event.actions.first()) {
-        // A tapped quick reply or button: the bot expects its payload (Kore spec §3.2).
+        // A tapped quick reply or button: the bot expects its payload
+        // (`docs/vendors/kore-webhook-channel.md`, "V2 request").
         (_, Some(action)) if !action.payload.is_empty() => action.payload.clone(),
         (Some(text), _) => text.clone(),
         _ => String::new(),
