@@ -1,18 +1,24 @@
 //! `loadgen bench`: the whole benchmark, back to back on this machine, as `dev/bench` runs it.
 //!
 //! Every phase starts what it measures as separate processes (release builds) against a
-//! dedicated `nats-server` with a fresh file store on a free loopback port (never the
-//! machine's own server on 4222), and stops them afterwards:
+//! dedicated `nats-server` (`NATS_SERVER_BIN`, else `nats-server` on the PATH) with a fresh
+//! file store on a free loopback port (never the machine's own server on 4222), and stops
+//! them afterwards. First the ingress and its ceilings:
 //!
 //! 1. **bare**: an axum server that answers 202 and does nothing else (the HTTP ceiling);
-//! 2. **raw publish**: the same events published to JetStream and awaited (the broker ceiling);
-//! 3. **ingress**: the real ingress, HMAC v2 on, file-storage stream;
+//! 2. **publish**: the same events published to JetStream and awaited (the broker ceiling);
+//! 3. **naive**: a naive one-write ingress ([`super::naive`]): HMAC v2 with the ingress'
+//!    verifier, `type` read with serde_json, one publish with `Nats-Msg-Id`, PubAck awaited;
+//! 4. **node**: node:http + HMAC v2 that stores nothing ([`super::node_hmac`], one process);
+//! 5. **ingress**: the real ingress, HMAC v2 on, file-storage stream;
 //!
-//! each at full speed with N connections, then at a fixed rate; then
+//! each at full speed with N connections (closed loop), then at a fixed rate (open loop,
+//! latency from the intended send time). The ingress is judged against them as ratios
+//! ([`super::targets`]), among them the one-write bound 1 / (1/bare + 1/raw publish). Then
 //!
-//! 4. **end to end**: ingress + worker + kore-sim (simulated bot latency) + khoros-sim at a
-//!    fixed message rate, replies matched at khoros-sim;
-//! 5. **worker scaling**: 1, 2, 4 worker processes draining a backlog with a slow bot, so one
+//! 6. **e2e**: ingress + worker + kore-sim (simulated bot latency) + khoros-sim at a fixed
+//!    message rate, replies matched at khoros-sim;
+//! 7. **scaling**: 1, 2, 4 worker processes draining a backlog with a slow bot, so one
 //!    worker's `WORKER_CONCURRENCY` is the bottleneck.
 //!
 //! Results: one table on stdout, `<out>/results/<timestamp>.json`, `<out>/latest.json` and
@@ -35,9 +41,11 @@ use super::driver::{self, Load, Measured, Pace, Target};
 use super::e2e::{self, Anchor, E2eReport};
 use super::events::{EventSource, Spread};
 use super::http::{HmacCredentials, HttpTarget};
+use super::node_hmac;
 use super::procs::{self, CpuMeter, Memory, Proc};
 use super::publish::PublishTarget;
 use super::stats::LoadReport;
+use super::targets;
 
 const HMAC_KEY: &str = "bench-hmac-key";
 const HMAC_SECRET: &str = "bench-hmac-secret-7f3c";
@@ -82,12 +90,17 @@ pub struct BenchOptions {
     pub scale_concurrency: usize,
     pub scale_partitions: u32,
     pub scale_backlog_s: f64,
-    /// Skip phases by name: bare, publish, ingress, e2e, scaling.
+    /// Skip phases by name (see [`PHASES`]).
     pub skip: Vec<String>,
 }
 
+/// The phases, in the order they run (the names `--skip` takes).
+pub const PHASES: [&str; 7] = [
+    "bare", "publish", "naive", "node", "ingress", "e2e", "scaling",
+];
+
 impl BenchOptions {
-    /// The full benchmark (about four minutes).
+    /// The full benchmark (about four and a half minutes).
     pub fn full(bin_dir: PathBuf, out_dir: PathBuf) -> Self {
         Self {
             bin_dir,
@@ -128,6 +141,10 @@ impl BenchOptions {
 
     fn runs(&self, phase: &str) -> bool {
         !self.skip.iter().any(|s| s == phase)
+    }
+
+    fn runs_any(&self, phases: &[&str]) -> bool {
+        phases.iter().any(|p| self.runs(p))
     }
 }
 
@@ -188,6 +205,9 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub nats_server: String,
+    /// `node --version` (the node:http + HMAC ceiling).
+    #[serde(default)]
+    pub node: String,
     pub load_before: String,
     pub load_after: String,
 }
@@ -205,8 +225,13 @@ pub struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_publish: Option<PhaseReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub naive_ingress: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_hmac: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress: Option<PhaseReport>,
-    /// Ingress full-speed throughput over each ceiling.
+    /// Ingress full-speed throughput over each ceiling (`ingress_over_<ceiling>`), and the
+    /// one-write bound itself (`one_write_bound_rps`).
     pub ratios: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e: Option<E2ePhase>,
@@ -216,6 +241,19 @@ pub struct BenchReport {
     pub e2e_random: Option<E2ePhase>,
     pub scaling: Vec<ScaleRun>,
     pub checks: Vec<Check>,
+}
+
+impl BenchReport {
+    /// The ingress and its ceilings, in the order they run, each with its display name.
+    pub fn load_phases(&self) -> [(&'static str, &Option<PhaseReport>); 5] {
+        [
+            ("bare HTTP 202", &self.bare),
+            ("raw JetStream publish", &self.raw_publish),
+            ("naive one-write ingress", &self.naive_ingress),
+            ("node:http + HMAC, stores nothing", &self.node_hmac),
+            ("ingress (HMAC v2, file store)", &self.ingress),
+        ]
+    }
 }
 
 /// Starts and stops the processes of the phases.
@@ -295,6 +333,7 @@ impl Harness {
 
     async fn ingress(&self, tag: &str, nats: &str, partitions: u32) -> anyhow::Result<Running> {
         let port = port();
+        let metrics_port = self::port();
         let proc = Proc::spawn(
             &format!("ingress-{tag}"),
             &self.bin("ingress"),
@@ -302,7 +341,7 @@ impl Harness {
             &vars(&[
                 ("NATS_URL", nats.into()),
                 ("INGRESS_LISTEN", format!("127.0.0.1:{port}")),
-                ("METRICS_LISTEN", format!("127.0.0.1:{}", self::port())),
+                ("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
                 ("KHOROS_AUTH", "hmac".into()),
                 ("KHOROS_HMAC_KEYS", format!("{HMAC_KEY}={HMAC_SECRET}")),
                 ("PARTITIONS", partitions.to_string()),
@@ -311,38 +350,76 @@ impl Harness {
             ]),
             &self.logs,
         )?;
-        let base = format!("http://127.0.0.1:{port}");
+        // `/readyz` is served on the metrics listener only.
         procs::wait_http_ok(
             &self.http,
-            &format!("{base}/readyz"),
+            &format!("http://127.0.0.1:{metrics_port}/readyz"),
             Duration::from_secs(20),
         )
         .await
         .context("ingress readiness")?;
-        Ok(Running { proc, base })
+        Ok(Running {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+        })
     }
 
-    async fn bare(&self) -> anyhow::Result<Running> {
-        let port = port();
-        let proc = Proc::spawn(
-            "bare-server",
-            &self.self_exe,
-            &[
-                "bare-server".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-            ],
-            &[],
-            &self.logs,
-        )?;
+    /// Starts a server of ours listening on `127.0.0.1:<port>` and waits for its `/readyz`.
+    async fn http_server(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        port: u16,
+    ) -> anyhow::Result<Running> {
+        let proc = Proc::spawn(name, program, args, env, &self.logs)?;
         let base = format!("http://127.0.0.1:{port}");
         procs::wait_http_ok(
             &self.http,
             &format!("{base}/readyz"),
             Duration::from_secs(10),
         )
-        .await?;
+        .await
+        .with_context(|| format!("{name} readiness"))?;
         Ok(Running { proc, base })
+    }
+
+    async fn bare(&self) -> anyhow::Result<Running> {
+        let port = port();
+        let args = ["bare-server", "--listen", &format!("127.0.0.1:{port}")].map(String::from);
+        self.http_server("bare-server", &self.self_exe, &args, &[], port)
+            .await
+    }
+
+    async fn naive(&self, nats: &str) -> anyhow::Result<Running> {
+        let port = port();
+        let args = [
+            "naive-server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--nats-url",
+            nats,
+            "--hmac-key",
+            HMAC_KEY,
+            "--hmac-secret",
+            HMAC_SECRET,
+        ]
+        .map(String::from);
+        self.http_server("naive-ingress", &self.self_exe, &args, &[], port)
+            .await
+    }
+
+    async fn node_hmac(&self) -> anyhow::Result<Running> {
+        let port = port();
+        let node = node_hmac::command(
+            self.run_dir.path(),
+            &format!("127.0.0.1:{port}"),
+            HMAC_KEY,
+            HMAC_SECRET,
+        )?;
+        self.http_server("node-hmac", &node.program, &node.args, &node.env, port)
+            .await
     }
 
     async fn khoros_sim(&self, tag: &str) -> anyhow::Result<Running> {
@@ -551,36 +628,61 @@ impl Harness {
         Ok(stream.info().await?.state.messages)
     }
 
-    async fn phase_bare(&self) -> anyhow::Result<PhaseReport> {
-        let mut server = self.bare().await?;
+    /// The events stream (and the rest of the topology) as the ingress creates it, for the
+    /// phases whose publisher does not create it.
+    async fn ensure_topology(&self, js: &jetstream::Context) -> anyhow::Result<()> {
+        let env = Env::from_pairs([("PARTITIONS", self.options.partitions.to_string())]);
+        Topology::new(TopologyConfig::from_env(&env)?)
+            .ensure(js)
+            .await?;
+        Ok(())
+    }
+
+    /// Both loads against one HTTP server under test: its CPU (shown as `cpu_label`), the
+    /// load generator's and, when it stores, `nats`'; its memory; and, with `nats`, how many
+    /// events were acknowledged and how many the stream holds. Stops both afterwards.
+    async fn http_phase(
+        &self,
+        label: &str,
+        events_tag: &str,
+        cpu_label: &str,
+        mut server: Running,
+        nats: Option<Running>,
+    ) -> anyhow::Result<PhaseReport> {
+        let o = &self.options;
         let target = Arc::new(self.http_target(
             &format!("{}{EVENTS_PATH}", server.base),
-            self.events(
-                "b",
-                self.options.partitions,
-                self.options.update_every,
-                Spread::Even,
-            ),
+            self.events(events_tag, o.partitions, o.update_every, Spread::Even),
         )?);
-        let procs = [
-            ("bare-server".to_string(), server.proc.pid()),
-            ("loadgen".to_string(), std::process::id()),
-        ];
-        let (report, ..) = self
-            .two_loads("bare", target, &procs, Some(server.proc.pid()))
+        let mut procs = vec![(cpu_label.to_string(), server.proc.pid())];
+        if let Some(nats) = &nats {
+            procs.push(("nats-server".to_string(), nats.proc.pid()));
+        }
+        procs.push(("loadgen".to_string(), std::process::id()));
+        let (mut report, max, fixed) = self
+            .two_loads(label, target, &procs, Some(server.proc.pid()))
             .await;
-        server.proc.stop(Duration::from_secs(2));
+        server.proc.check_alive()?;
+        server.proc.stop(Duration::from_secs(5));
+        if let Some(mut nats) = nats {
+            report.accepted = Some(max.ok_total + fixed.ok_total);
+            report.stored = Some(self.stored_events(&nats.base).await?);
+            nats.proc.stop(Duration::from_secs(2));
+        }
         Ok(report)
+    }
+
+    async fn phase_bare(&self) -> anyhow::Result<PhaseReport> {
+        let server = self.bare().await?;
+        self.http_phase("bare", "b", "bare-server", server, None)
+            .await
     }
 
     async fn phase_publish(&self) -> anyhow::Result<PhaseReport> {
         let mut nats = self.nats("publish").await?;
         let client = async_nats::connect(&nats.base).await?;
         let js = jetstream::new(client.clone());
-        let env = Env::from_pairs([("PARTITIONS", self.options.partitions.to_string())]);
-        Topology::new(TopologyConfig::from_env(&env)?)
-            .ensure(&js)
-            .await?;
+        self.ensure_topology(&js).await?;
         let target = Arc::new(PublishTarget::new(
             js,
             self.events(
@@ -602,34 +704,28 @@ impl Harness {
         Ok(report)
     }
 
+    async fn phase_naive(&self) -> anyhow::Result<PhaseReport> {
+        let nats = self.nats("naive").await?;
+        let js = jetstream::new(async_nats::connect(&nats.base).await?);
+        self.ensure_topology(&js).await?;
+        let server = self.naive(&nats.base).await?;
+        self.http_phase("naive", "n", "naive-ingress", server, Some(nats))
+            .await
+    }
+
+    async fn phase_node(&self) -> anyhow::Result<PhaseReport> {
+        let server = self.node_hmac().await?;
+        self.http_phase("node+hmac", "h", "node", server, None)
+            .await
+    }
+
     async fn phase_ingress(&self) -> anyhow::Result<PhaseReport> {
-        let mut nats = self.nats("ingress").await?;
-        let mut ingress = self
+        let nats = self.nats("ingress").await?;
+        let ingress = self
             .ingress("bench", &nats.base, self.options.partitions)
             .await?;
-        let target = Arc::new(self.http_target(
-            &format!("{}{EVENTS_PATH}", ingress.base),
-            self.events(
-                "i",
-                self.options.partitions,
-                self.options.update_every,
-                Spread::Even,
-            ),
-        )?);
-        let procs = [
-            ("ingress".to_string(), ingress.proc.pid()),
-            ("nats-server".to_string(), nats.proc.pid()),
-            ("loadgen".to_string(), std::process::id()),
-        ];
-        let (mut report, max, fixed) = self
-            .two_loads("ingress", target, &procs, Some(ingress.proc.pid()))
-            .await;
-        ingress.proc.check_alive()?;
-        report.accepted = Some(max.ok_total + fixed.ok_total);
-        report.stored = Some(self.stored_events(&nats.base).await?);
-        ingress.proc.stop(Duration::from_secs(5));
-        nats.proc.stop(Duration::from_secs(2));
-        Ok(report)
+        self.http_phase("ingress", "i", "ingress", ingress, Some(nats))
+            .await
     }
 
     /// Waits until every consumer of the events stream has `per_consumer` pull requests waiting
@@ -920,6 +1016,18 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The release binaries the phases that run need (besides `loadgen` and `nats-server`).
+fn required_binaries(options: &BenchOptions) -> Vec<&'static str> {
+    let mut bins = Vec::new();
+    if options.runs_any(&["ingress", "e2e", "scaling"]) {
+        bins.push("ingress");
+    }
+    if options.runs_any(&["e2e", "scaling"]) {
+        bins.extend(["worker", "khoros-sim", "kore-sim"]);
+    }
+    bins
+}
+
 fn machine(nats_bin: &Path) -> Machine {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -933,6 +1041,7 @@ fn machine(nats_bin: &Path) -> Machine {
         cpu_model,
         kernel: read_trim("/proc/sys/kernel/osrelease"),
         nats_server: command_output(&nats_bin.display().to_string(), &["--version"]),
+        node: command_output(&node_hmac::binary().display().to_string(), &["--version"]),
         load_before: read_trim("/proc/loadavg"),
         load_after: String::new(),
     }
@@ -982,7 +1091,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         run_dir,
         options: options.clone(),
     };
-    for bin in ["ingress", "worker", "khoros-sim", "kore-sim"] {
+    for bin in required_binaries(&options) {
         let path = harness.bin(bin);
         anyhow::ensure!(
             path.is_file(),
@@ -991,7 +1100,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         );
     }
     let mut report = BenchReport {
-        schema: 1,
+        schema: 2,
         started_at: stamp.clone(),
         wall_s: 0.0,
         git: git(),
@@ -999,6 +1108,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         options: options.clone(),
         bare: None,
         raw_publish: None,
+        naive_ingress: None,
+        node_hmac: None,
         ingress: None,
         ratios: BTreeMap::new(),
         e2e: None,
@@ -1010,25 +1121,41 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         "benchmark {stamp}: {} cpus, load average {}",
         report.machine.cpus, report.machine.load_before
     );
+    if options.runs("node") {
+        anyhow::ensure!(
+            !report.machine.node.is_empty(),
+            "node is missing ({}): install Node.js, set NODE_BIN, or --skip node",
+            node_hmac::binary().display()
+        );
+    }
+    let step = |n: usize, what: &str| println!("[{n}/{}] {what}", PHASES.len());
     if options.runs("bare") {
-        println!("[1/5] bare HTTP server (the HTTP ceiling)");
+        step(1, "bare HTTP server (the HTTP ceiling)");
         report.bare = Some(harness.phase_bare().await?);
     }
     if options.runs("publish") {
-        println!("[2/5] raw JetStream publish (the broker ceiling)");
+        step(2, "raw JetStream publish (the broker ceiling)");
         report.raw_publish = Some(harness.phase_publish().await?);
     }
+    if options.runs("naive") {
+        step(3, "naive one-write ingress (HMAC v2, one publish)");
+        report.naive_ingress = Some(harness.phase_naive().await?);
+    }
+    if options.runs("node") {
+        step(4, "node:http + HMAC v2, stores nothing");
+        report.node_hmac = Some(harness.phase_node().await?);
+    }
     if options.runs("ingress") {
-        println!("[3/5] ingress (HMAC v2, file storage)");
+        step(5, "ingress (HMAC v2, file storage)");
         report.ingress = Some(harness.phase_ingress().await?);
     }
     if options.runs("e2e") {
-        println!("[4/5] end to end");
+        step(6, "end to end");
         report.e2e = Some(harness.phase_e2e(Spread::Even).await?);
         report.e2e_random = Some(harness.phase_e2e(Spread::Random).await?);
     }
     if options.runs("scaling") {
-        println!("[5/5] worker scaling");
+        step(7, "worker scaling");
         for &replicas in &options.scale_replicas {
             report.scaling.push(harness.scale_run(replicas).await?);
         }
@@ -1043,7 +1170,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     report.machine.load_after = read_trim("/proc/loadavg");
     report.wall_s = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    fill_ratios_and_checks(&mut report);
+    targets::evaluate(&mut report);
     let table = super::table::render(&report);
     println!("\n{table}");
     let results = options.out_dir.join("results");
@@ -1058,154 +1185,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         options.out_dir.join("latest.json").display()
     );
     Ok(report)
-}
-
-fn fill_ratios_and_checks(report: &mut BenchReport) {
-    let ingress = report.ingress.as_ref().map(|p| p.max.throughput_rps);
-    let bare = report.bare.as_ref().map(|p| p.max.throughput_rps);
-    let raw = report.raw_publish.as_ref().map(|p| p.max.throughput_rps);
-    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
-    let mut checks = Vec::new();
-    if let Some(i) = ingress {
-        if let Some(b) = bare {
-            report
-                .ratios
-                .insert("ingress_over_bare".into(), ratio(i, b));
-        }
-        if let Some(r) = raw {
-            report
-                .ratios
-                .insert("ingress_over_raw_publish".into(), ratio(i, r));
-        }
-        if let (Some(b), Some(r)) = (bare, raw) {
-            // The ingress does one HTTP exchange and two JetStream writes (replay guard, event)
-            // per event on the same cores that each ceiling had to itself.
-            let series = 1.0 / (1.0 / b + 2.0 / r);
-            report
-                .ratios
-                .insert("series_bound_rps".into(), series.round());
-            report
-                .ratios
-                .insert("ingress_over_series_bound".into(), ratio(i, series));
-            let lower = b.min(r);
-            let x = ratio(i, lower);
-            report.ratios.insert("ingress_over_lower_ceiling".into(), x);
-            checks.push(Check {
-                name: "ingress throughput / lower ceiling".into(),
-                target: ">= 0.80".into(),
-                measured: format!("{x:.2} ({i:.0} / {lower:.0} req/s)"),
-                pass: x >= 0.8,
-            });
-        }
-    }
-    if let Some(p) = &report.ingress {
-        checks.push(Check {
-            name: format!(
-                "ingress ack p99 at {:.0} req/s",
-                p.fixed.rate.unwrap_or(0.0)
-            ),
-            target: "<= 5 ms".into(),
-            measured: format!("{:.2} ms", p.fixed.latency.p99_ms),
-            pass: p.fixed.latency.p99_ms <= 5.0 && p.fixed.failed == 0,
-        });
-        if let Some(m) = p.memory {
-            let mb = m.rss_kb.max(m.hwm_kb) as f64 / 1024.0;
-            checks.push(Check {
-                name: "ingress resident memory under load (VmHWM)".into(),
-                target: "<= 64 MB".into(),
-                measured: format!("{mb:.1} MB"),
-                pass: mb <= 64.0,
-            });
-        }
-    }
-    if let Some(e) = &report.e2e {
-        checks.push(Check {
-            name: format!(
-                "pipeline overhead p99 at {:.0} msg/s, {:.0} ms bot",
-                e.rate, e.report.bot_latency_ms
-            ),
-            target: "<= 10 ms".into(),
-            measured: format!("{:.2} ms", e.report.overhead.p99_ms),
-            pass: e.report.overhead.p99_ms <= 10.0 && e.report.end_to_end.count > 0,
-        });
-    }
-    for s in report.scaling.iter().skip(1) {
-        let need = match s.replicas {
-            2 => 1.8,
-            4 => 3.2,
-            n => n as f64 * 0.8,
-        };
-        checks.push(Check {
-            name: format!("worker speed-up with {} replicas", s.replicas),
-            target: format!(">= {need:.1}x"),
-            measured: format!("{:.2}x", s.speedup),
-            pass: s.speedup >= need,
-        });
-    }
-    // No loss and no duplicate anywhere.
-    let mut problems = Vec::new();
-    for (name, phase) in [
-        ("raw publish", &report.raw_publish),
-        ("ingress", &report.ingress),
-    ] {
-        if let Some(p) = phase {
-            if let (Some(a), Some(s)) = (p.accepted, p.stored) {
-                if a != s {
-                    problems.push(format!("{name}: {a} acknowledged, {s} stored"));
-                }
-            }
-        }
-    }
-    for (name, phase) in [
-        ("bare", &report.bare),
-        ("raw publish", &report.raw_publish),
-        ("ingress", &report.ingress),
-    ] {
-        if let Some(p) = phase {
-            let failed = p.max.failed + p.fixed.failed;
-            if failed > 0 {
-                problems.push(format!("{name}: {failed} failed requests"));
-            }
-        }
-    }
-    let e2e_reports = report
-        .e2e
-        .iter()
-        .map(|e| ("e2e".to_string(), &e.report))
-        .chain(
-            report
-                .e2e_random
-                .iter()
-                .map(|e| ("e2e random".to_string(), &e.report)),
-        )
-        .chain(
-            report
-                .scaling
-                .iter()
-                .map(|s| (format!("scaling x{}", s.replicas), &s.report)),
-        );
-    for (name, r) in e2e_reports {
-        if !r.clean() {
-            problems.push(format!(
-                "{name}: {} lost, {} duplicates, {} unexpected, {} unprocessed",
-                r.lost,
-                r.duplicates,
-                r.unexpected,
-                r.unprocessed.unwrap_or(0)
-            ));
-        }
-    }
-    checks.push(Check {
-        name: "no loss, no duplicate reply, no failed request".into(),
-        target: "0".into(),
-        measured: if problems.is_empty() {
-            "0".into()
-        } else {
-            problems.join("; ")
-        },
-        pass: problems.is_empty(),
-    });
-    report.checks = checks;
 }
 
 #[cfg(test)]

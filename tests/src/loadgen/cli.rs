@@ -1,4 +1,4 @@
-//! The `loadgen` command line: `bench`, `http`, `publish`, `e2e`, `bare-server`.
+//! The `loadgen` command line: `bench`, `http`, `publish`, `e2e`, `bare-server`, `naive-server`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use shared::auth::HmacKeys;
 use shared::config::parse_duration;
 use shared::Secret;
+use tokio::net::TcpListener;
 
-use super::bench::{self, BenchOptions};
+use super::bench::{self, BenchOptions, PHASES};
 use super::driver::{self, Load, Pace};
 use super::e2e::{self, Anchor};
 use super::events::{EventSource, Spread};
@@ -20,11 +22,12 @@ use super::stats::LoadReport;
 pub const USAGE: &str = "\
 loadgen: load generator and benchmark of khoros-kore-bridge
 
-  loadgen bench [--quick] [--skip bare,publish,ingress,e2e,scaling] [--bin-dir target/release]
-                [--out bench] [--connections 64]
-      The whole benchmark (what dev/bench runs): starts its own nats-server, services and
-      simulators as processes, prints one table, writes <out>/results/<stamp>.json,
-      <out>/latest.json and <out>/latest.md.
+  loadgen bench [--quick] [--skip bare,publish,naive,node,ingress,e2e,scaling]
+                [--bin-dir target/release] [--out bench] [--connections 64]
+      The whole benchmark (what dev/bench runs): starts its own nats-server (NATS_SERVER_BIN),
+      services, simulators and ceilings (node: NODE_BIN or node on the PATH) as processes,
+      prints one table, writes <out>/results/<stamp>.json, <out>/latest.json and
+      <out>/latest.md.
 
   loadgen http --url http://127.0.0.1:8080/khoros/events [--rate 1000 | --connections 64]
       Signed Khoros events to an ingress (or any URL answering 202). With --rate: open loop at
@@ -40,6 +43,12 @@ loadgen: load generator and benchmark of khoros-kore-bridge
 
   loadgen bare-server --listen 127.0.0.1:8090
       An axum server that answers 202 and does nothing else (the HTTP ceiling).
+
+  loadgen naive-server --listen 127.0.0.1:8091 --nats-url nats://127.0.0.1:4222
+                       [--hmac-key K --hmac-secret S]
+      The naive one-write ingress (a ceiling): verifies HMAC v2, reads `type`, publishes the
+      body once to KHOROS_EVENTS (which must exist) with Nats-Msg-Id = x-amzn-RequestId,
+      awaits the PubAck, answers 202.
 
 Common options: --duration 10s --warmup 2s --partitions 16 --update-every 5 (every 5th event is
 an update; 0 = messages only) --conversations 4096 --spread even|random --hmac-key bridge-hmac-key
@@ -144,6 +153,16 @@ impl Args {
         })
     }
 
+    /// Binds `--listen` (or `default`) and says where `what` listens.
+    async fn listener(&self, what: &str, default: &str) -> anyhow::Result<TcpListener> {
+        let listen = self.string("listen", default);
+        let listener = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        println!("{what} on http://{}", listener.local_addr()?);
+        Ok(listener)
+    }
+
     fn write_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         if let Some(path) = self.get("json") {
             std::fs::write(path, serde_json::to_string_pretty(value)?)
@@ -186,11 +205,7 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
         }
         "e2e" => e2e_command(&args).await,
         "bare-server" => {
-            let listen = args.string("listen", "127.0.0.1:8090");
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
-            println!("bare server on http://{}", listener.local_addr()?);
+            let listener = args.listener("bare server", "127.0.0.1:8090").await?;
             super::bare::serve(
                 listener,
                 &args.string("path", "/khoros/events"),
@@ -198,6 +213,20 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
             )
             .await?;
             Ok(())
+        }
+        "naive-server" => {
+            let listener = args.listener("naive ingress", "127.0.0.1:8091").await?;
+            let credentials = args
+                .credentials()
+                .context("the naive ingress verifies signatures: drop --no-sign")?;
+            super::naive::serve(
+                listener,
+                &args.string("path", "/khoros/events"),
+                &args.required("nats-url")?,
+                HmacKeys::single(&credentials.api_key, &credentials.secret),
+                shared::shutdown::on_signal(),
+            )
+            .await
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -224,6 +253,9 @@ async fn bench_command(args: &Args) -> anyhow::Result<()> {
     options.connections = args.num("connections", options.connections)?;
     if let Some(skip) = args.get("skip") {
         options.skip = skip.split(',').map(str::to_string).collect();
+        if let Some(unknown) = options.skip.iter().find(|s| !PHASES.contains(&s.as_str())) {
+            bail!("--skip {unknown:?}: the phases are {}", PHASES.join(", "));
+        }
     }
     let report = bench::run(options).await?;
     if report.checks.iter().any(|c| !c.pass) {

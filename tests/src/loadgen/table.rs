@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::bench::{BenchReport, PhaseReport};
 use super::stats::Latency;
+use super::targets;
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_string(), |v| format!("{v:.decimals$}"))
@@ -19,7 +20,7 @@ pub fn render(report: &BenchReport) -> String {
     let m = &report.machine;
     let _ = writeln!(
         out,
-        "Run {} (commit {}{}), {} CPUs ({}), nats-server {}, load average before: {}, wall {:.0} s.\n",
+        "Run {} (commit {}{}), {} CPUs ({}), nats-server {}, node {}, load average before: {}, wall {:.0} s.\n",
         report.started_at,
         report.git.get("commit").map_or("?", String::as_str),
         if report.git.get("dirty").map(String::as_str) == Some("true") {
@@ -30,6 +31,7 @@ pub fn render(report: &BenchReport) -> String {
         m.cpus,
         m.cpu_model,
         m.nats_server.trim_start_matches("nats-server: "),
+        if m.node.is_empty() { "–" } else { &m.node },
         m.load_before,
         report.wall_s,
     );
@@ -40,137 +42,128 @@ pub fn render(report: &BenchReport) -> String {
     out
 }
 
+/// The phases of the ceilings table, in column order, with their headers.
+fn ceiling_columns(report: &BenchReport) -> Vec<(&'static str, &PhaseReport)> {
+    report
+        .load_phases()
+        .into_iter()
+        .filter_map(|(name, phase)| phase.as_ref().map(|p| (name, p)))
+        .collect()
+}
+
+/// One row: `name`, then `value` of every column.
+fn row(
+    out: &mut String,
+    name: &str,
+    columns: &[(&str, &PhaseReport)],
+    value: impl Fn(&PhaseReport) -> String,
+) {
+    let cells: Vec<String> = columns.iter().map(|(_, p)| value(p)).collect();
+    let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+}
+
+fn errors(p: &PhaseReport) -> String {
+    let mut all = p.max.failures.clone();
+    for (k, v) in &p.fixed.failures {
+        *all.entry(k.clone()).or_default() += v;
+    }
+    if all.is_empty() {
+        return "0".into();
+    }
+    all.iter()
+        .map(|(k, v)| format!("{v}× {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ceilings(out: &mut String, report: &BenchReport) {
-    let phases = [&report.bare, &report.raw_publish, &report.ingress];
-    if phases.iter().all(|p| p.is_none()) {
+    let columns = ceiling_columns(report);
+    if columns.is_empty() {
         return;
     }
     let o = &report.options;
-    let get = |p: &Option<PhaseReport>, f: &dyn Fn(&PhaseReport) -> f64| p.as_ref().map(f);
-    let ratio = |f: &dyn Fn(&PhaseReport) -> f64, base: &Option<PhaseReport>| match (
-        get(&report.ingress, f),
-        get(base, f),
-    ) {
-        (Some(i), Some(b)) if b > 0.0 => format!("{:.2}", i / b),
-        _ => "–".into(),
-    };
     let _ = writeln!(
         out,
         "**Ingress and its ceilings** (full speed: {} connections, closed loop, {:.0} s; latency: open loop at {:.0} req/s, {:.0} s, measured from the intended send time)\n",
         o.connections, o.max_s, o.fixed_rate, o.fixed_s
     );
-    let _ = writeln!(
-        out,
-        "| | bare HTTP 202 | raw JetStream publish | ingress (HMAC v2, file store) | ingress / bare | ingress / raw publish |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-    let throughput = |p: &PhaseReport| p.max.throughput_rps;
-    let _ = writeln!(
-        out,
-        "| throughput (req/s) | {} | {} | {} | {} | {} |",
-        cell(get(&report.bare, &throughput), 0),
-        cell(get(&report.raw_publish, &throughput), 0),
-        cell(get(&report.ingress, &throughput), 0),
-        ratio(&throughput, &report.bare),
-        ratio(&throughput, &report.raw_publish),
-    );
-    if let (Some(series), Some(x)) = (
-        report.ratios.get("series_bound_rps"),
-        report.ratios.get("ingress_over_series_bound"),
-    ) {
-        let _ = writeln!(
-            out,
-            "| series bound 1 / (1/bare + 2/raw) (req/s) | | | {series:.0} | ingress / series bound: {x:.2} | |"
-        );
-    }
-    let full_p99 = |p: &PhaseReport| p.max.latency.p99_ms;
-    let _ = writeln!(
-        out,
-        "| latency p99 at full speed (ms) | {} | {} | {} | | |",
-        cell(get(&report.bare, &full_p99), 2),
-        cell(get(&report.raw_publish, &full_p99), 2),
-        cell(get(&report.ingress, &full_p99), 2),
-    );
+    let headers: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let _ = writeln!(out, "| | {} |", headers.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len()));
+    row(out, "throughput (req/s)", &columns, |p| {
+        format!("{:.0}", p.max.throughput_rps)
+    });
+    row(out, "latency p99 at full speed (ms)", &columns, |p| {
+        format!("{:.2}", p.max.latency.p99_ms)
+    });
     type Pick = fn(&Latency) -> f64;
-    let rows: [(&str, Pick); 5] = [
+    let percentiles: [(&str, Pick); 5] = [
         ("p50", |l| l.p50_ms),
         ("p90", |l| l.p90_ms),
         ("p99", |l| l.p99_ms),
         ("p99.9", |l| l.p999_ms),
         ("max", |l| l.max_ms),
     ];
-    for (name, pick) in rows {
-        let f = |p: &PhaseReport| pick(&p.fixed.latency);
+    for (name, pick) in percentiles {
+        let name = format!("ack latency {name} at {:.0} req/s (ms)", o.fixed_rate);
+        row(out, &name, &columns, |p| {
+            format!("{:.2}", pick(&p.fixed.latency))
+        });
+    }
+    row(out, "errors (by status)", &columns, errors);
+    row(out, "acknowledged / stored", &columns, |p| {
+        match (p.accepted, p.stored) {
+            (Some(a), Some(s)) => format!("{a} / {s}"),
+            _ => "–".into(),
+        }
+    });
+    row(out, "CPU at full speed (% of one core)", &columns, |p| {
+        p.cpu_pct
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    row(out, "server resident memory, peak (VmHWM)", &columns, |p| {
+        p.memory
+            .map_or("–".to_string(), |m| mb(m.hwm_kb.max(m.rss_kb)))
+    });
+    let _ = writeln!(out);
+    ratios(out, report);
+}
+
+/// The ingress' full-speed throughput over each ceiling.
+fn ratios(out: &mut String, report: &BenchReport) {
+    let Some(ingress) = &report.ingress else {
+        return;
+    };
+    let ceilings = targets::ceilings(report);
+    if ceilings.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "**The ingress over each ceiling** (full-speed throughput; ingress {:.0} req/s)\n",
+        ingress.max.throughput_rps
+    );
+    let _ = writeln!(out, "| ceiling | req/s | ingress / ceiling |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for c in ceilings {
         let _ = writeln!(
             out,
-            "| ack latency {name} at {:.0} req/s (ms) | {} | {} | {} | | |",
-            o.fixed_rate,
-            cell(get(&report.bare, &f), 2),
-            cell(get(&report.raw_publish, &f), 2),
-            cell(get(&report.ingress, &f), 2),
+            "| {} | {:.0} | {} |",
+            c.name,
+            c.rps,
+            cell(
+                report
+                    .ratios
+                    .get(&format!("ingress_over_{}", c.key))
+                    .copied(),
+                2
+            )
         );
     }
-    let errors = |p: &Option<PhaseReport>| {
-        p.as_ref().map_or("–".to_string(), |p| {
-            let mut all = p.max.failures.clone();
-            for (k, v) in &p.fixed.failures {
-                *all.entry(k.clone()).or_default() += v;
-            }
-            if all.is_empty() {
-                "0".into()
-            } else {
-                all.iter()
-                    .map(|(k, v)| format!("{v}× {k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        })
-    };
-    let _ = writeln!(
-        out,
-        "| errors (by status) | {} | {} | {} | | |",
-        errors(&report.bare),
-        errors(&report.raw_publish),
-        errors(&report.ingress)
-    );
-    let stored = |p: &Option<PhaseReport>| {
-        p.as_ref()
-            .and_then(|p| Some(format!("{} / {}", p.accepted?, p.stored?)))
-            .unwrap_or_else(|| "–".into())
-    };
-    let _ = writeln!(
-        out,
-        "| acknowledged / stored | – | {} | {} | | |",
-        stored(&report.raw_publish),
-        stored(&report.ingress)
-    );
-    let cpu = |p: &Option<PhaseReport>| {
-        p.as_ref().map_or("–".to_string(), |p| {
-            p.cpu_pct
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.0}%"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-    };
-    let _ = writeln!(
-        out,
-        "| CPU at full speed (% of one core) | {} | {} | {} | | |",
-        cpu(&report.bare),
-        cpu(&report.raw_publish),
-        cpu(&report.ingress)
-    );
-    let memory = |p: &Option<PhaseReport>| {
-        p.as_ref()
-            .and_then(|p| p.memory)
-            .map_or("–".to_string(), |m| mb(m.hwm_kb.max(m.rss_kb)))
-    };
-    let _ = writeln!(
-        out,
-        "| server resident memory, peak (VmHWM) | {} | – | {} | | |\n",
-        memory(&report.bare),
-        memory(&report.ingress)
-    );
+    let _ = writeln!(out);
 }
 
 fn e2e(out: &mut String, report: &BenchReport) {
