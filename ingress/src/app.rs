@@ -88,12 +88,7 @@ impl App {
             body.max_payload(),
             background.clone(),
         ));
-        let publisher = Publisher::new(
-            js,
-            config.publish_timeout,
-            readiness.clone(),
-            metrics.clone(),
-        );
+        let publisher = Publisher::new(js, readiness.clone(), metrics.clone());
         let state = AppState {
             intake: Intake::new(
                 config.auth.clone(),

@@ -44,7 +44,6 @@ pub struct Route {
     pub message_id: String,
     /// The event `type` as a subject token.
     pub event_type: String,
-    pub operation: Option<String>,
     pub partition: u32,
 }
 
@@ -165,7 +164,6 @@ impl Intake {
         Ok(Route {
             subject: format!("{}.{event_type}.{partition}", routing::EVENTS_PREFIX),
             message_id: request_id.map_or_else(|| routing::body_message_id(body), str::to_owned),
-            operation: fields.operation.as_deref().map(routing::type_token),
             event_type,
             partition,
         })
@@ -185,11 +183,6 @@ fn stored_headers(
         nats.insert(headers::REQUEST_ID, id);
     }
     nats.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
-    nats.insert(headers::EVENT_TYPE, route.event_type.as_str());
-    if let Some(op) = &route.operation {
-        nats.insert(headers::OPERATION, op.as_str());
-    }
-    nats.insert(headers::PARTITION, route.partition.to_string().as_str());
     if let Some(signature) = &verified.signature {
         nats.insert(
             headers::SIGNATURE_DIGEST,

@@ -77,8 +77,6 @@ pub async fn store(
     };
     let mut nats_headers = NatsHeaders::new();
     nats_headers.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
-    nats_headers.insert(headers::EVENT_TYPE, "kore_reply");
-    nats_headers.insert(headers::PARTITION, partition.to_string().as_str());
     publisher
         .publish(
             format!("{KORE_REPLIES_PREFIX}.{partition}"),

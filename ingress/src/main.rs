@@ -1,5 +1,10 @@
 //! The `ingress` binary: everything is in [`ingress::process::run`].
 
+/// mimalloc: per-request allocations on a multi-threaded runtime contended on glibc malloc's
+/// arena locks (a seventh of the ingress' CPU in a profile under load).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     ingress::process::run()
 }

@@ -1,6 +1,6 @@
 //! Publishing an accepted event and waiting for JetStream's PubAck, within a deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
@@ -13,8 +13,8 @@ use crate::telemetry::HotMetrics;
 /// Publishes to JetStream; a missing or late PubAck is [`IngressError::Unavailable`].
 #[derive(Clone)]
 pub struct Publisher {
+    /// With its timeout set to `PUBLISH_TIMEOUT`.
     js: jetstream::Context,
-    timeout: Duration,
     /// Told of every failure: a deleted stream shows up here first, and the keeper then
     /// recreates it at once instead of at its next check.
     readiness: Readiness,
@@ -30,15 +30,10 @@ pub struct Stored {
 }
 
 impl Publisher {
-    pub fn new(
-        js: jetstream::Context,
-        timeout: Duration,
-        readiness: Readiness,
-        metrics: HotMetrics,
-    ) -> Self {
+    /// `js` must carry the publish deadline (`Context::set_timeout`).
+    pub fn new(js: jetstream::Context, readiness: Readiness, metrics: HotMetrics) -> Self {
         Self {
             js,
-            timeout,
             readiness,
             metrics,
         }
@@ -52,21 +47,17 @@ impl Publisher {
     ) -> Result<Stored, IngressError> {
         let started = Instant::now();
         let publish = PublishMessage::build().headers(headers).payload(payload);
-        let attempt = async {
-            let ack = self.js.send_publish(subject, publish).await?;
-            ack.await.map_err(async_nats::Error::from)
-        };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(ack)) => Ok(Stored {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Ok(Err(e)) => Err(IngressError::Unavailable(e.to_string())),
-            Err(_) => Err(IngressError::Unavailable(format!(
-                "no PubAck within {:?}",
-                self.timeout
-            ))),
-        };
+        // The context's timeout (`PUBLISH_TIMEOUT`) bounds both the hand-over to the
+        // connection and the wait for the PubAck; no timer of our own on the hot path.
+        let result = match self.js.send_publish(subject, publish).await {
+            Ok(ack) => ack.await.map_err(async_nats::Error::from),
+            Err(e) => Err(e.into()),
+        }
+        .map(|ack| Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+        .map_err(|e| IngressError::Unavailable(e.to_string()));
         if result.is_err() {
             self.readiness.nudge();
         }

@@ -24,13 +24,8 @@ pub mod headers {
     pub const REQUEST_ID: &str = "Bridge-Request-Id";
     /// When the ingress received the request, epoch milliseconds.
     pub const RECEIVED_AT: &str = "Bridge-Received-At";
-    /// Event `type` and `operation`, so consumers can route without parsing.
-    pub const EVENT_TYPE: &str = "Bridge-Event-Type";
-    pub const OPERATION: &str = "Bridge-Operation";
     /// The original event id of a replayed dead letter (its `Nats-Msg-Id` must differ).
     pub const EVENT_ID: &str = "Bridge-Event-Id";
-    /// The conversation key's partition.
-    pub const PARTITION: &str = "Bridge-Partition";
     /// Hex SHA-256 of the request's HMAC signature (absent for Basic): a signed request
     /// replayed under a new request id carries the same digest, and the worker drops it.
     pub const SIGNATURE_DIGEST: &str = "Bridge-Signature-Digest";

@@ -267,21 +267,10 @@ struct Harness {
     run_tag: String,
 }
 
+/// The pinned nats-server (`NATS_SERVER_BIN`, else the copy `dev/nats-server` installed), as
+/// the tests use it; never an older one found on `PATH`.
 fn nats_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-    {
-        let candidate = Path::new(dir).join("nats-server");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    PathBuf::from("nats-server")
+    crate::nats_server::binary()
 }
 
 fn port() -> u16 {

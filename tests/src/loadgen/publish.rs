@@ -12,6 +12,9 @@ use shared::routing::{self, headers};
 use super::driver::{Failure, Job, Target};
 use super::events::EventSource;
 
+/// A signature digest's size (hex SHA-256); the raw publisher signs nothing.
+const STAND_IN_DIGEST: &str = "5f3c9a0e1b7d2468ace013579bdf2468ace013579bdf2468ace013579bdf2468";
+
 /// Publishes generated events over one NATS connection (as the ingress does).
 pub struct PublishTarget {
     js: jetstream::Context,
@@ -38,11 +41,8 @@ impl Target for PublishTarget {
         h.insert(headers::MSG_ID, event.request_id.as_str());
         h.insert(headers::REQUEST_ID, event.request_id.as_str());
         h.insert(headers::RECEIVED_AT, now_ms.to_string().as_str());
-        h.insert(headers::EVENT_TYPE, event.kind.as_str());
-        if let Some(op) = event.operation {
-            h.insert(headers::OPERATION, routing::type_token(op).as_str());
-        }
-        h.insert(headers::PARTITION, event.partition.to_string().as_str());
+        // The ingress stores the digest of each signature: same headers, same bytes.
+        h.insert(headers::SIGNATURE_DIGEST, STAND_IN_DIGEST);
         let subject = routing::event_subject(event.kind.as_str(), event.partition);
         let message = PublishMessage::build()
             .headers(h)
