@@ -37,7 +37,7 @@ use shared::config::Env;
 use shared::topology::{Topology, TopologyConfig, EVENTS_STREAM};
 use shared::Secret;
 
-use super::driver::{self, Load, Measured, Pace, Target};
+use super::driver::{self, Load, Measured, Pace};
 use super::e2e::{self, Anchor, E2eReport};
 use super::events::{EventSource, Spread};
 use super::http::{HmacCredentials, HttpTarget};
@@ -282,6 +282,127 @@ fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
+}
+
+/// What drives a subject's load: HTTP requests, or publishes straight to JetStream.
+enum Driven {
+    Http(Arc<HttpTarget>),
+    Publish(Arc<PublishTarget>),
+}
+
+impl Driven {
+    async fn run(&self, load: Load) -> Measured {
+        match self {
+            Driven::Http(target) => driver::run(target.clone(), load).await,
+            Driven::Publish(target) => driver::run(target.clone(), load).await,
+        }
+    }
+}
+
+/// The ingress or one of its ceilings, started, with what its load slices measured so far.
+struct Subject {
+    label: &'static str,
+    driven: Driven,
+    /// (label, pid) of the processes whose CPU is reported.
+    procs: Vec<(String, u32)>,
+    server: Option<Running>,
+    nats: Option<Running>,
+    /// The next request sequence (request ids stay unique across slices).
+    next_seq: u64,
+    max: Option<Measured>,
+    fixed: Option<Measured>,
+    /// Per process: CPU seconds and wall seconds over the full-speed slices.
+    cpu: BTreeMap<String, (f64, f64)>,
+    memory: Memory,
+}
+
+impl Subject {
+    fn new(
+        label: &'static str,
+        driven: Driven,
+        procs: Vec<(String, u32)>,
+        server: Option<Running>,
+        nats: Option<Running>,
+    ) -> Self {
+        Self {
+            label,
+            driven,
+            procs,
+            server,
+            nats,
+            next_seq: 0,
+            max: None,
+            fixed: None,
+            cpu: BTreeMap::new(),
+            memory: Memory::default(),
+        }
+    }
+
+    fn absorb_max(&mut self, measured: Measured) {
+        self.next_seq += measured.sent;
+        absorb(&mut self.max, measured);
+    }
+
+    fn absorb_fixed(&mut self, measured: Measured) {
+        self.next_seq += measured.sent;
+        absorb(&mut self.fixed, measured);
+    }
+
+    /// `pct`: % of one core per process over a slice of `wall` seconds.
+    fn add_cpu(&mut self, pct: BTreeMap<String, f64>, wall: f64) {
+        for (name, pct) in pct {
+            let entry = self.cpu.entry(name).or_default();
+            entry.0 += pct / 100.0 * wall;
+            entry.1 += wall;
+        }
+    }
+
+    fn cpu_pct(&self) -> BTreeMap<String, f64> {
+        self.cpu
+            .iter()
+            .map(|(name, (used, wall))| {
+                (
+                    name.clone(),
+                    (used / wall.max(1e-9) * 1000.0).round() / 10.0,
+                )
+            })
+            .collect()
+    }
+
+    /// Highest resident memory seen, and the kernel's peak (VmHWM) of the server under test.
+    fn sample_memory(&mut self) {
+        let Some(server) = &self.server else { return };
+        if let Some(m) = Memory::of(server.proc.pid()) {
+            self.memory.rss_kb = self.memory.rss_kb.max(m.rss_kb);
+            self.memory.hwm_kb = self.memory.hwm_kb.max(m.hwm_kb);
+        }
+    }
+}
+
+fn absorb(total: &mut Option<Measured>, measured: Measured) {
+    match total {
+        Some(total) => total.absorb(measured),
+        None => *total = Some(measured),
+    }
+}
+
+/// Rounds of about two seconds for the full-speed load (at least one).
+fn rounds(max_s: f64) -> usize {
+    ((max_s / 2.0).round() as usize).max(1)
+}
+
+/// Rounds of about three seconds for the fixed-rate load (at least one).
+fn rounds_fixed(fixed_s: f64) -> usize {
+    ((fixed_s / 3.0).round() as usize).max(1)
+}
+
+/// The full warm-up before a subject's first slice; half a second (new connections) after.
+fn slice_warmup(warmup_s: f64, round: usize) -> Duration {
+    Duration::from_secs_f64(if round == 0 {
+        warmup_s
+    } else {
+        warmup_s.min(0.5)
+    })
 }
 
 /// A server process and where to reach it.
@@ -551,66 +672,6 @@ impl Harness {
         }
     }
 
-    /// Full speed then fixed rate against `target`, metering `procs` and sampling `watch`'s memory.
-    async fn two_loads<T: Target>(
-        &self,
-        name: &str,
-        target: Arc<T>,
-        procs: &[(String, u32)],
-        watch: Option<u32>,
-    ) -> (PhaseReport, Measured, Measured) {
-        let sampler = watch.map(|pid| {
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = stop.clone();
-            let task = tokio::spawn(async move {
-                let mut peak = Memory::default();
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Some(m) = Memory::of(pid) {
-                        peak.rss_kb = peak.rss_kb.max(m.rss_kb);
-                        peak.hwm_kb = m.hwm_kb;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                peak
-            });
-            (stop, task)
-        });
-        let load = self.max_load();
-        let meter = CpuMeter::start(procs);
-        let max = driver::run(target.clone(), load).await;
-        let cpu_pct = meter.finish();
-        let report_max = LoadReport::new(&load, &max);
-        println!("  {name:<12} {}", report_max.line());
-        let fixed_load = self.fixed_load(max.sent + 1);
-        let fixed = driver::run(target, fixed_load).await;
-        let report_fixed = LoadReport::new(&fixed_load, &fixed);
-        println!("  {name:<12} {}", report_fixed.line());
-        let memory = match sampler {
-            Some((stop, task)) => {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                let mut peak = task.await.unwrap_or_default();
-                if let Some(m) = watch.and_then(Memory::of) {
-                    peak.hwm_kb = m.hwm_kb;
-                    peak.rss_kb = peak.rss_kb.max(m.rss_kb);
-                }
-                Some(peak)
-            }
-            None => None,
-        };
-        (
-            PhaseReport {
-                max: report_max,
-                fixed: report_fixed,
-                cpu_pct,
-                memory,
-                accepted: None,
-                stored: None,
-            },
-            max,
-            fixed,
-        )
-    }
-
     async fn stored_events(&self, nats: &str) -> anyhow::Result<u64> {
         let js = jetstream::new(async_nats::connect(nats).await?);
         let mut stream = js.get_stream(EVENTS_STREAM).await?;
@@ -627,17 +688,15 @@ impl Harness {
         Ok(())
     }
 
-    /// Both loads against one HTTP server under test: its CPU (shown as `cpu_label`), the
-    /// load generator's and, when it stores, `nats`'; its memory; and, with `nats`, how many
-    /// events were acknowledged and how many the stream holds. Stops both afterwards.
-    async fn http_phase(
+    /// The target of an HTTP server under test, with the processes to meter.
+    fn http_subject(
         &self,
-        label: &str,
+        label: &'static str,
         events_tag: &str,
         cpu_label: &str,
-        mut server: Running,
+        server: Running,
         nats: Option<Running>,
-    ) -> anyhow::Result<PhaseReport> {
+    ) -> anyhow::Result<Subject> {
         let o = &self.options;
         let target = Arc::new(self.http_target(
             &format!("{}{EVENTS_PATH}", server.base),
@@ -648,73 +707,136 @@ impl Harness {
             procs.push(("nats-server".to_string(), nats.proc.pid()));
         }
         procs.push(("loadgen".to_string(), std::process::id()));
-        let (mut report, max, fixed) = self
-            .two_loads(label, target, &procs, Some(server.proc.pid()))
-            .await;
-        server.proc.check_alive()?;
-        server.proc.stop(Duration::from_secs(5));
-        if let Some(mut nats) = nats {
+        Ok(Subject::new(
+            label,
+            Driven::Http(target),
+            procs,
+            Some(server),
+            nats,
+        ))
+    }
+
+    async fn start_bare(&self) -> anyhow::Result<Subject> {
+        let server = self.bare().await?;
+        self.http_subject("bare", "b", "bare-server", server, None)
+    }
+
+    async fn start_publish(&self) -> anyhow::Result<Subject> {
+        let nats = self.nats("publish").await?;
+        let js = jetstream::new(async_nats::connect(&nats.base).await?);
+        self.ensure_topology(&js).await?;
+        let o = &self.options;
+        let target = Arc::new(PublishTarget::new(
+            js,
+            self.events("p", o.partitions, o.update_every, Spread::Even),
+        ));
+        let procs = vec![
+            ("nats-server".to_string(), nats.proc.pid()),
+            ("loadgen".to_string(), std::process::id()),
+        ];
+        Ok(Subject::new(
+            "raw publish",
+            Driven::Publish(target),
+            procs,
+            None,
+            Some(nats),
+        ))
+    }
+
+    async fn start_naive(&self) -> anyhow::Result<Subject> {
+        let nats = self.nats("naive").await?;
+        let js = jetstream::new(async_nats::connect(&nats.base).await?);
+        self.ensure_topology(&js).await?;
+        let server = self.naive(&nats.base).await?;
+        self.http_subject("naive", "n", "naive-ingress", server, Some(nats))
+    }
+
+    async fn start_node(&self) -> anyhow::Result<Subject> {
+        let server = self.node_hmac().await?;
+        self.http_subject("node+hmac", "h", "node", server, None)
+    }
+
+    async fn start_ingress(&self) -> anyhow::Result<Subject> {
+        let nats = self.nats("ingress").await?;
+        let ingress = self
+            .ingress("bench", &nats.base, self.options.partitions)
+            .await?;
+        self.http_subject("ingress", "i", "ingress", ingress, Some(nats))
+    }
+
+    /// Runs the full-speed load and then the fixed-rate load against every subject,
+    /// interleaved: each load is cut into rounds of a few seconds, and every round visits
+    /// every subject in turn. A machine whose speed drifts during the run (shared hosts do)
+    /// then skews every subject alike, so the ratios between them stay fair.
+    async fn interleave(&self, subjects: &mut [Subject]) {
+        let o = &self.options;
+        let rounds = rounds(o.max_s);
+        for round in 0..rounds {
+            for subject in subjects.iter_mut() {
+                let load = Load {
+                    warmup: slice_warmup(o.warmup_s, round),
+                    duration: Duration::from_secs_f64(o.max_s / rounds as f64),
+                    first_seq: subject.next_seq,
+                    ..self.max_load()
+                };
+                let meter = CpuMeter::start(&subject.procs);
+                let started = Instant::now();
+                let measured = subject.driven.run(load).await;
+                subject.add_cpu(meter.finish(), started.elapsed().as_secs_f64());
+                subject.absorb_max(measured);
+                subject.sample_memory();
+            }
+        }
+        let rounds = rounds_fixed(o.fixed_s);
+        for round in 0..rounds {
+            for subject in subjects.iter_mut() {
+                let load = Load {
+                    warmup: slice_warmup(o.warmup_s, round),
+                    duration: Duration::from_secs_f64(o.fixed_s / rounds as f64),
+                    first_seq: subject.next_seq,
+                    ..self.fixed_load(0)
+                };
+                let measured = subject.driven.run(load).await;
+                subject.absorb_fixed(measured);
+                subject.sample_memory();
+            }
+        }
+    }
+
+    /// Stops a subject's processes and writes its report.
+    async fn finish(&self, mut subject: Subject) -> anyhow::Result<PhaseReport> {
+        let max_load = Load {
+            duration: Duration::from_secs_f64(self.options.max_s),
+            ..self.max_load()
+        };
+        let max = subject
+            .max
+            .take()
+            .expect("every subject ran the full-speed load");
+        let fixed = subject
+            .fixed
+            .take()
+            .expect("every subject ran the fixed-rate load");
+        let mut report = PhaseReport {
+            max: LoadReport::new(&max_load, &max),
+            fixed: LoadReport::new(&self.fixed_load(0), &fixed),
+            cpu_pct: subject.cpu_pct(),
+            memory: subject.server.as_ref().map(|_| subject.memory),
+            accepted: None,
+            stored: None,
+        };
+        println!("  {:<12} {}", subject.label, report.max.line());
+        println!("  {:<12} {}", subject.label, report.fixed.line());
+        if let Some(mut server) = subject.server.take() {
+            server.proc.check_alive()?;
+            server.proc.stop(Duration::from_secs(5));
+        }
+        if let Some(mut nats) = subject.nats.take() {
             report.accepted = Some(max.ok_total + fixed.ok_total);
             report.stored = Some(self.stored_events(&nats.base).await?);
             nats.proc.stop(Duration::from_secs(2));
         }
         Ok(report)
-    }
-
-    async fn phase_bare(&self) -> anyhow::Result<PhaseReport> {
-        let server = self.bare().await?;
-        self.http_phase("bare", "b", "bare-server", server, None)
-            .await
-    }
-
-    async fn phase_publish(&self) -> anyhow::Result<PhaseReport> {
-        let mut nats = self.nats("publish").await?;
-        let client = async_nats::connect(&nats.base).await?;
-        let js = jetstream::new(client.clone());
-        self.ensure_topology(&js).await?;
-        let target = Arc::new(PublishTarget::new(
-            js,
-            self.events(
-                "p",
-                self.options.partitions,
-                self.options.update_every,
-                Spread::Even,
-            ),
-        ));
-        let procs = [
-            ("nats-server".to_string(), nats.proc.pid()),
-            ("loadgen".to_string(), std::process::id()),
-        ];
-        let (mut report, max, fixed) = self.two_loads("raw publish", target, &procs, None).await;
-        report.accepted = Some(max.ok_total + fixed.ok_total);
-        report.stored = Some(self.stored_events(&nats.base).await?);
-        drop(client);
-        nats.proc.stop(Duration::from_secs(2));
-        Ok(report)
-    }
-
-    async fn phase_naive(&self) -> anyhow::Result<PhaseReport> {
-        let nats = self.nats("naive").await?;
-        let js = jetstream::new(async_nats::connect(&nats.base).await?);
-        self.ensure_topology(&js).await?;
-        let server = self.naive(&nats.base).await?;
-        self.http_phase("naive", "n", "naive-ingress", server, Some(nats))
-            .await
-    }
-
-    async fn phase_node(&self) -> anyhow::Result<PhaseReport> {
-        let server = self.node_hmac().await?;
-        self.http_phase("node+hmac", "h", "node", server, None)
-            .await
-    }
-
-    async fn phase_ingress(&self) -> anyhow::Result<PhaseReport> {
-        let nats = self.nats("ingress").await?;
-        let ingress = self
-            .ingress("bench", &nats.base, self.options.partitions)
-            .await?;
-        self.http_phase("ingress", "i", "ingress", ingress, Some(nats))
-            .await
     }
 
     /// Waits until every consumer of the events stream has `per_consumer` pull requests waiting
@@ -1118,25 +1240,47 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         );
     }
     let step = |n: usize, what: &str| println!("[{n}/{}] {what}", PHASES.len());
+    // The ingress and its ceilings run interleaved (see `Harness::interleave`).
+    let mut subjects = Vec::new();
     if options.runs("bare") {
         step(1, "bare HTTP server (the HTTP ceiling)");
-        report.bare = Some(harness.phase_bare().await?);
+        subjects.push(harness.start_bare().await?);
     }
     if options.runs("publish") {
         step(2, "raw JetStream publish (the broker ceiling)");
-        report.raw_publish = Some(harness.phase_publish().await?);
+        subjects.push(harness.start_publish().await?);
     }
     if options.runs("naive") {
         step(3, "naive one-write ingress (HMAC v2, one publish)");
-        report.naive_ingress = Some(harness.phase_naive().await?);
+        subjects.push(harness.start_naive().await?);
     }
     if options.runs("node") {
         step(4, "node:http + HMAC v2, stores nothing");
-        report.node_hmac = Some(harness.phase_node().await?);
+        subjects.push(harness.start_node().await?);
     }
     if options.runs("ingress") {
         step(5, "ingress (HMAC v2, file storage)");
-        report.ingress = Some(harness.phase_ingress().await?);
+        subjects.push(harness.start_ingress().await?);
+    }
+    if !subjects.is_empty() {
+        println!(
+            "  interleaved: {} rounds at full speed, {} at {} req/s",
+            rounds(options.max_s),
+            rounds_fixed(options.fixed_s),
+            options.fixed_rate
+        );
+        harness.interleave(&mut subjects).await;
+    }
+    for subject in subjects {
+        let label = subject.label;
+        let phase = Some(harness.finish(subject).await?);
+        match label {
+            "bare" => report.bare = phase,
+            "raw publish" => report.raw_publish = phase,
+            "naive" => report.naive_ingress = phase,
+            "node+hmac" => report.node_hmac = phase,
+            _ => report.ingress = phase,
+        }
     }
     if options.runs("e2e") {
         step(6, "end to end");

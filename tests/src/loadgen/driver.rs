@@ -105,6 +105,20 @@ impl Measured {
     pub fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
+
+    /// Adds another run of the same load (a later slice of an interleaved benchmark).
+    pub fn absorb(&mut self, other: Measured) {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of the same bounds");
+        self.ok += other.ok;
+        for (reason, n) in other.failures {
+            *self.failures.entry(reason).or_default() += n;
+        }
+        self.window += other.window;
+        self.sent += other.sent;
+        self.ok_total += other.ok_total;
+    }
 }
 
 fn histogram() -> Histogram<u64> {
