@@ -179,6 +179,11 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
         return Ok(());
     };
     let args = Args::parse(rest)?;
+    if args.flag("help") {
+        // `loadgen bench --help` must print the usage, not start a four-minute benchmark.
+        print!("{USAGE}");
+        return Ok(());
+    }
     match command.as_str() {
         "bench" => bench_command(&args).await,
         "http" => {
