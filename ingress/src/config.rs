@@ -34,7 +34,7 @@ pub struct IngressConfig {
     pub header_read_timeout: Duration,
     /// `MAX_CONNECTIONS`: open connections at once on the webhook listener.
     pub max_connections: usize,
-    /// `INGRESS_WORKER_THREADS`: runtime threads (default: one per core).
+    /// `INGRESS_WORKER_THREADS`: event loops, one thread each (default: one per core).
     pub worker_threads: Option<usize>,
     /// `PUBLISH_TIMEOUT`: a PubAck slower than this is a 503.
     pub publish_timeout: Duration,

@@ -174,21 +174,29 @@ async fn slow_and_unauthenticated_clients_do_not_starve_a_signed_event() {
             secret: Secret::new(HMAC_SECRET),
         },
     };
-    let body = message_event("user-under-attack", "hello?");
-    let sent = Instant::now();
-    let response = signer
-        .request(
-            &reqwest::Client::new(),
-            body.as_bytes(),
-            Some("signed-under-attack"),
-        )
-        .send()
-        .await
-        .expect("the signed event is answered");
-    let latency = sent.elapsed();
-    assert_eq!(response.status().as_u16(), 202);
-    eprintln!("HOSTILE signed event answered in {latency:?} with {STALLED} stalled connections and {UPLOADS} uploads in flight");
-    assert!(latency < Duration::from_millis(100), "took {latency:?}");
+    // Three signed events, one after another; the median is judged, so one scheduling hiccup
+    // of a CI machine running other tests in parallel does not decide the outcome.
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        let body = message_event(&format!("user-under-attack-{i}"), "hello?");
+        let sent = Instant::now();
+        let response = signer
+            .request(
+                &client,
+                body.as_bytes(),
+                Some(&format!("signed-under-attack-{i}")),
+            )
+            .send()
+            .await
+            .expect("the signed event is answered");
+        latencies.push(sent.elapsed());
+        assert_eq!(response.status().as_u16(), 202);
+    }
+    latencies.sort();
+    let latency = latencies[1];
+    eprintln!("HOSTILE signed events answered in {latencies:?} with {STALLED} stalled connections and {UPLOADS} uploads in flight");
+    assert!(latency < Duration::from_millis(100), "median {latency:?}");
 
     // Every stalled connection is closed by the header deadline.
     let closed = tokio::time::timeout(HEADER_TIMEOUT + Duration::from_secs(3), async {
