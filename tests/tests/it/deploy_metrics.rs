@@ -11,7 +11,6 @@
 //! `/metrics` shows every service's metrics; each referenced name must be in it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_tests::khoros_sim::faults::Fault;
@@ -21,13 +20,10 @@ use bridge_tests::wait;
 use scheduler::rotation::AttemptStatus;
 use scheduler::SchedulerConfig;
 use serde_json::Value;
-use shared::auth::SystemClock;
-use shared::config::Env;
 use shared::Secret;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{message_event, HMAC_KEY, TEST_TOKEN};
+use crate::helpers::{message_event, HMAC_KEY};
 use crate::stack::{Stack, WAIT};
 
 const DASHBOARD: &str = "../deploy/grafana/khoros-kore-bridge.json";
@@ -234,35 +230,22 @@ fn promql_metric_names_are_parsed_without_functions_labels_or_variables() {
     );
 }
 
-/// A scheduler `App` against the stack's NATS and khoros-sim, sampling JetStream every 100 ms.
+/// A scheduler against the stack, sampling JetStream every 100 ms, once it holds the lease.
 async fn start_scheduler(stack: &Stack) -> (SchedulerConfig, CancellationToken) {
-    let env = Env::from_pairs([
-        ("NATS_URL", stack.nats.url()),
-        ("KHOROS_API_URL", stack.khoros.base_url()),
-        ("KHOROS_APP_ID", "kore-bridge".to_string()),
-        ("KHOROS_TOKEN", TEST_TOKEN.to_string()),
-        ("PARTITIONS", "4".to_string()),
-        ("TOKEN_CHECK_INTERVAL", "50ms".to_string()),
-        ("METRICS_INTERVAL", "100ms".to_string()),
-        ("KHOROS_RETRY_MIN_DELAY", "20ms".to_string()),
-        ("KHOROS_RETRY_MAX_DELAY", "100ms".to_string()),
-        ("SHUTDOWN_TIMEOUT", "2s".to_string()),
-        ("SCHEDULER_ID", "deploy-metrics".to_string()),
-    ]);
-    let config = SchedulerConfig::from_env_with_clock(&env, Arc::new(SystemClock))
-        .expect("valid scheduler config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = scheduler::App::build_with(config.clone(), listener, None)
-        .await
-        .expect("build scheduler");
-    let status = app.status();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let scheduler = stack
+        .scheduler(&[
+            ("TOKEN_CHECK_INTERVAL", "50ms"),
+            ("METRICS_INTERVAL", "100ms"),
+            ("KHOROS_RETRY_MIN_DELAY", "20ms"),
+            ("KHOROS_RETRY_MAX_DELAY", "100ms"),
+            ("SCHEDULER_ID", "deploy-metrics"),
+        ])
+        .await;
     wait::until(WAIT, "the scheduler to hold the lease", || async {
-        status.is_leader().then_some(())
+        scheduler.status.is_leader().then_some(())
     })
     .await;
-    (config, shutdown)
+    (scheduler.config, scheduler.shutdown)
 }
 
 async fn scrape(stack: &Stack) -> BTreeMap<String, String> {

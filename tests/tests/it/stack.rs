@@ -23,7 +23,53 @@ pub struct Stack {
     worker_extra: Vec<(String, String)>,
 }
 
+/// A scheduler `App` running on a stack's NATS and khoros-sim.
+pub struct TestScheduler {
+    pub config: scheduler::SchedulerConfig,
+    /// The health listener (`/healthz`, `/readyz`, `/metrics`).
+    pub base: String,
+    pub status: scheduler::service::Status,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 impl Stack {
+    /// Starts a scheduler against this stack; `extra` overrides its settings.
+    pub async fn scheduler(&self, extra: &[(&str, &str)]) -> TestScheduler {
+        let mut vars: Vec<(String, String)> = vec![
+            ("NATS_URL".into(), self.nats.url()),
+            ("KHOROS_API_URL".into(), self.khoros.base_url()),
+            ("KHOROS_APP_ID".into(), "kore-bridge".into()),
+            ("KHOROS_TOKEN".into(), TEST_TOKEN.into()),
+            ("PARTITIONS".into(), "4".into()),
+            ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
+        ];
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let config = scheduler::SchedulerConfig::from_env_with_clock(
+            &Env::from_pairs(vars),
+            std::sync::Arc::new(shared::auth::SystemClock),
+        )
+        .expect("valid scheduler config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app = scheduler::App::build_with(config.clone(), listener, None)
+            .await
+            .expect("build scheduler");
+        let base = format!("http://{}", app.local_addr());
+        let status = app.status();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestScheduler {
+            config,
+            base,
+            status,
+            shutdown,
+        }
+    }
+
     /// Starts everything with one worker; `worker_extra` overrides worker settings,
     /// `ingress_extra` ingress settings, `kore` the Kore.ai simulator's configuration.
     pub async fn start(

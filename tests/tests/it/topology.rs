@@ -1,48 +1,17 @@
 //! A topology that heals: every stream and bucket deleted at runtime is noticed by the
 //! services that need it, `/readyz` says so, and it is recreated without a restart.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_tests::kore_sim::KoreSimConfig;
 use bridge_tests::wait;
-use scheduler::SchedulerConfig;
 use serde_json::Value;
-use shared::auth::SystemClock;
-use shared::config::Env;
 use shared::topology::{buckets, Resource};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{jetstream, TEST_TOKEN};
+use crate::helpers::jetstream;
 use crate::stack::{Stack, WAIT};
 
 const CHECK: (&str, &str) = ("TOPOLOGY_CHECK_INTERVAL", "300ms");
-
-/// A scheduler on the stack's NATS; returns its health base URL.
-async fn start_scheduler(stack: &Stack) -> (String, CancellationToken) {
-    let env = Env::from_pairs([
-        ("NATS_URL", stack.nats.url()),
-        ("KHOROS_API_URL", stack.khoros.base_url()),
-        ("KHOROS_APP_ID", "kore-bridge".to_string()),
-        ("KHOROS_TOKEN", TEST_TOKEN.to_string()),
-        ("PARTITIONS", "4".to_string()),
-        ("METRICS_INTERVAL", "0s".to_string()),
-        ("SHUTDOWN_TIMEOUT", "2s".to_string()),
-        ("SCHEDULER_ID", "topology".to_string()),
-        (CHECK.0, CHECK.1.to_string()),
-    ]);
-    let config = SchedulerConfig::from_env_with_clock(&env, Arc::new(SystemClock))
-        .expect("valid scheduler config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let app = scheduler::App::build_with(config, listener, None)
-        .await
-        .expect("build scheduler");
-    let base = format!("http://{}", app.local_addr());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    (base, shutdown)
-}
 
 /// `/readyz` as (status, body).
 async fn readyz(base: &str) -> Option<(u16, Value)> {
@@ -86,7 +55,14 @@ async fn delete_and_watch(stack: &Stack, resource: Resource, base: &str) {
 #[tokio::test]
 async fn every_deleted_stream_or_bucket_is_recreated_and_readiness_tells() {
     let stack = Stack::start(&[CHECK], &[CHECK], KoreSimConfig::default()).await;
-    let (scheduler, stop_scheduler) = start_scheduler(&stack).await;
+    let test_scheduler = stack
+        .scheduler(&[
+            ("METRICS_INTERVAL", "0s"),
+            ("SCHEDULER_ID", "topology"),
+            CHECK,
+        ])
+        .await;
+    let scheduler = test_scheduler.base.clone();
     let ingress = stack.ingress.ops.clone();
     let worker = stack.workers[0].base.clone();
     wait::until(WAIT, "every service ready", || async {
@@ -154,5 +130,5 @@ async fn every_deleted_stream_or_bucket_is_recreated_and_readiness_tells() {
 
     // Last, as it takes the token with it (re-seeding a lost token is the scheduler's job).
     delete_and_watch(&stack, Resource::Bucket(buckets::TOKENS), &worker).await;
-    stop_scheduler.cancel();
+    test_scheduler.shutdown.cancel();
 }
