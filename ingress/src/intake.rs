@@ -42,9 +42,8 @@ pub struct Route {
     pub subject: String,
     /// `Nats-Msg-Id`: the request id, or a digest of the body when Khoros sent none.
     pub message_id: String,
-    /// The event `type` as a subject token.
-    pub event_type: String,
-    pub partition: u32,
+    /// Metrics label of the event `type` (unknown types share one).
+    pub kind_label: &'static str,
 }
 
 /// An event that JetStream now holds.
@@ -111,7 +110,7 @@ impl Intake {
         if stored.duplicate {
             self.metrics.duplicates.increment(1);
         } else {
-            self.metrics.stored(&route.event_type).increment(1);
+            self.metrics.stored(route.kind_label).increment(1);
         }
         Ok(Accepted {
             message_id: route.message_id,
@@ -160,12 +159,10 @@ impl Intake {
             return Err(IngressError::BadRequest("event has an empty `type`".into()));
         }
         let partition = fields.conversation_key().partition(self.partitions);
-        let event_type = routing::type_token(&fields.kind);
         Ok(Route {
-            subject: format!("{}.{event_type}.{partition}", routing::EVENTS_PREFIX),
+            subject: routing::event_subject(&fields.kind, partition),
             message_id: request_id.map_or_else(|| routing::body_message_id(body), str::to_owned),
-            event_type,
-            partition,
+            kind_label: HotMetrics::kind_label(&fields.kind),
         })
     }
 }

@@ -19,6 +19,9 @@ pub const EVENTS_STORED: &str = "ingress_events_stored_total";
 /// Counter, label `outcome`: Kore.ai asynchronous deliveries (stored, unauthorized, ...).
 pub const KORE_CALLBACKS: &str = "ingress_kore_callbacks_total";
 
+/// The `type` labels of `ingress_events_stored_total`.
+const KINDS: [&str; 4] = ["message", "update", "control", "other"];
+
 /// The handles of the per-request metrics.
 #[derive(Clone)]
 pub struct HotMetrics {
@@ -39,18 +42,17 @@ impl HotMetrics {
             duplicates: metrics::counter!(DUPLICATES),
             request_seconds: metrics::histogram!(REQUEST_SECONDS),
             publish_seconds: metrics::histogram!(PUBLISH_SECONDS),
-            stored: ["message", "update", "control", "other"]
-                .map(|label| metrics::counter!(EVENTS_STORED, "type" => label)),
+            stored: KINDS.map(|label| metrics::counter!(EVENTS_STORED, "type" => label)),
         }
     }
 
-    /// `ingress_events_stored_total` for an event type; unknown types share one label.
-    pub fn stored(&self, kind: &str) -> &Counter {
-        &self.stored[match kind {
-            "message" => 0,
-            "update" => 1,
-            "control" => 2,
-            _ => 3,
-        }]
+    /// The label of an event type: the known ones, or `other` (bounded cardinality).
+    pub fn kind_label(kind: &str) -> &'static str {
+        KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
+    }
+
+    /// `ingress_events_stored_total` for a label from [`Self::kind_label`].
+    pub fn stored(&self, label: &str) -> &Counter {
+        &self.stored[KINDS.iter().position(|k| *k == label).unwrap_or(3)]
     }
 }

@@ -338,14 +338,18 @@ impl Subject {
         }
     }
 
-    fn absorb_max(&mut self, measured: Measured) {
+    /// Adds a slice to the full-speed or the fixed-rate totals.
+    fn absorb(&mut self, full_speed: bool, measured: Measured) {
         self.next_seq += measured.sent;
-        absorb(&mut self.max, measured);
-    }
-
-    fn absorb_fixed(&mut self, measured: Measured) {
-        self.next_seq += measured.sent;
-        absorb(&mut self.fixed, measured);
+        let total = if full_speed {
+            &mut self.max
+        } else {
+            &mut self.fixed
+        };
+        match total {
+            Some(total) => total.absorb(measured),
+            None => *total = Some(measured),
+        }
     }
 
     /// `pct`: % of one core per process over a slice of `wall` seconds.
@@ -376,13 +380,6 @@ impl Subject {
             self.memory.rss_kb = self.memory.rss_kb.max(m.rss_kb);
             self.memory.hwm_kb = self.memory.hwm_kb.max(m.hwm_kb);
         }
-    }
-}
-
-fn absorb(total: &mut Option<Measured>, measured: Measured) {
-    match total {
-        Some(total) => total.absorb(measured),
-        None => *total = Some(measured),
     }
 }
 
@@ -770,34 +767,32 @@ impl Harness {
     /// then skews every subject alike, so the ratios between them stay fair.
     async fn interleave(&self, subjects: &mut [Subject]) {
         let o = &self.options;
-        let rounds = rounds(o.max_s);
+        let (max, fixed) = (self.max_load(), self.fixed_load(0));
+        self.in_rounds(subjects, max, o.max_s, rounds(o.max_s))
+            .await;
+        self.in_rounds(subjects, fixed, o.fixed_s, rounds_fixed(o.fixed_s))
+            .await;
+    }
+
+    /// `total_s` of `load` per subject, cut into `rounds` slices that visit every subject in
+    /// turn. CPU is metered at full speed only.
+    async fn in_rounds(&self, subjects: &mut [Subject], load: Load, total_s: f64, rounds: usize) {
+        let full_speed = matches!(load.pace, Pace::Closed);
         for round in 0..rounds {
             for subject in subjects.iter_mut() {
-                let load = Load {
-                    warmup: slice_warmup(o.warmup_s, round),
-                    duration: Duration::from_secs_f64(o.max_s / rounds as f64),
+                let slice = Load {
+                    warmup: slice_warmup(self.options.warmup_s, round),
+                    duration: Duration::from_secs_f64(total_s / rounds as f64),
                     first_seq: subject.next_seq,
-                    ..self.max_load()
+                    ..load
                 };
                 let meter = CpuMeter::start(&subject.procs);
                 let started = Instant::now();
-                let measured = subject.driven.run(load).await;
-                subject.add_cpu(meter.finish(), started.elapsed().as_secs_f64());
-                subject.absorb_max(measured);
-                subject.sample_memory();
-            }
-        }
-        let rounds = rounds_fixed(o.fixed_s);
-        for round in 0..rounds {
-            for subject in subjects.iter_mut() {
-                let load = Load {
-                    warmup: slice_warmup(o.warmup_s, round),
-                    duration: Duration::from_secs_f64(o.fixed_s / rounds as f64),
-                    first_seq: subject.next_seq,
-                    ..self.fixed_load(0)
-                };
-                let measured = subject.driven.run(load).await;
-                subject.absorb_fixed(measured);
+                let measured = subject.driven.run(slice).await;
+                if full_speed {
+                    subject.add_cpu(meter.finish(), started.elapsed().as_secs_f64());
+                }
+                subject.absorb(full_speed, measured);
                 subject.sample_memory();
             }
         }

@@ -43,7 +43,7 @@ impl TestIngress {
     /// Starts an ingress with HMAC auth (the default) or overrides in `extra`.
     pub async fn start(nats: &NatsServer, extra: &[(&str, &str)]) -> Self {
         LazyLock::force(&TRACING);
-        let mut vars = vec![
+        let vars = vec![
             ("NATS_URL".to_string(), nats.url()),
             ("KHOROS_AUTH".into(), "hmac".into()),
             (
@@ -55,11 +55,7 @@ impl TestIngress {
             ("PUBLISH_TIMEOUT".into(), "750ms".into()),
             ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
         ];
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push((k.to_string(), v.to_string()));
-        }
-        let env = Env::from_pairs(vars);
+        let env = Env::from_pairs(with_overrides(vars, extra));
         let config = ingress::IngressConfig::from_env(&env).expect("valid test config");
         let basic = matches!(config.auth, shared::auth::Authenticator::Basic(_));
         let path = config.events_path.clone();
@@ -188,7 +184,7 @@ pub fn worker_vars(
     kore_url: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = vec![
+    let vars: Vec<(String, String)> = vec![
         ("NATS_URL".into(), nats.url()),
         ("KHOROS_APP_ID".into(), "kore-bridge".into()),
         ("KHOROS_API_URL".into(), khoros_url.into()),
@@ -205,6 +201,14 @@ pub fn worker_vars(
         ("KORE_RETRY_MIN_DELAY".into(), "20ms".into()),
         ("KORE_RETRY_MAX_DELAY".into(), "100ms".into()),
     ];
+    with_overrides(vars, extra)
+}
+
+/// `vars` with each of `extra` replacing the variable of the same name (or added).
+pub fn with_overrides(
+    mut vars: Vec<(String, String)>,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     for (k, v) in extra {
         vars.retain(|(name, _)| name != k);
         vars.push((k.to_string(), v.to_string()));

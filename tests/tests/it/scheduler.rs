@@ -77,12 +77,8 @@ fn base_env(nats: &NatsServer, sim: &KhorosSim) -> Vec<(String, String)> {
     .collect()
 }
 
-fn env_with(mut vars: Vec<(String, String)>, extra: &[(&str, &str)]) -> Env {
-    for (k, v) in extra {
-        vars.retain(|(name, _)| name != k);
-        vars.push((k.to_string(), v.to_string()));
-    }
-    Env::from_pairs(vars)
+fn env_with(vars: Vec<(String, String)>, extra: &[(&str, &str)]) -> Env {
+    Env::from_pairs(crate::helpers::with_overrides(vars, extra))
 }
 
 impl Harness {

@@ -35,7 +35,7 @@ pub struct TestScheduler {
 impl Stack {
     /// Starts a scheduler against this stack; `extra` overrides its settings.
     pub async fn scheduler(&self, extra: &[(&str, &str)]) -> TestScheduler {
-        let mut vars: Vec<(String, String)> = vec![
+        let vars: Vec<(String, String)> = vec![
             ("NATS_URL".into(), self.nats.url()),
             ("KHOROS_API_URL".into(), self.khoros.base_url()),
             ("KHOROS_APP_ID".into(), "kore-bridge".into()),
@@ -43,12 +43,8 @@ impl Stack {
             ("PARTITIONS".into(), "4".into()),
             ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
         ];
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push((k.to_string(), v.to_string()));
-        }
         let config = scheduler::SchedulerConfig::from_env_with_clock(
-            &Env::from_pairs(vars),
+            &Env::from_pairs(crate::helpers::with_overrides(vars, extra)),
             std::sync::Arc::new(shared::auth::SystemClock),
         )
         .expect("valid scheduler config");
