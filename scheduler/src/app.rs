@@ -149,6 +149,7 @@ impl App {
         let service = service::run(
             self.config,
             js,
+            self.readiness.clone(),
             self.status.clone(),
             self.leadership,
             stop.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv::Store};
-use shared::topology::{buckets, Resource, Topology};
+use shared::topology::{buckets, Readiness, Resource};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -81,14 +81,16 @@ impl Status {
 }
 
 /// Runs until `shutdown`; a rotation in flight is finished, then the lease is released.
+/// `readiness` is the topology keeper's: the buckets are opened once it has ensured them.
 pub async fn run(
     config: SchedulerConfig,
     js: jetstream::Context,
+    readiness: Readiness,
     status: Status,
     leadership: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
 ) {
-    let Some(stores) = open_when_ready(&config, &js, &shutdown).await else {
+    let Some(stores) = open_when_ready(&js, &readiness, &shutdown).await else {
         return;
     };
     let rotator = Rotator::new(
@@ -149,27 +151,22 @@ pub async fn run(
     let _ = lease_task.await;
 }
 
-/// Ensures the topology and opens the buckets, retrying with backoff until it works.
+/// Opens the buckets once the topology keeper has ensured them (it retries until NATS
+/// answers), retrying the open with backoff; `None` if shut down first.
 async fn open_when_ready(
-    config: &SchedulerConfig,
     js: &jetstream::Context,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Option<Stores> {
-    let topology = Topology::new(config.topology.clone());
+    tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        _ = readiness.ensured() => {}
+    }
     let mut delay = Duration::from_millis(100);
     loop {
-        let attempt = async {
-            topology
-                .ensure_all(js, &NEEDS)
-                .await
-                .map_err(|e| e.to_string())?;
-            Stores::open(js).await
-        };
-        match attempt.await {
+        match Stores::open(js).await {
             Ok(stores) => return Some(stores),
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "jetstream topology not ready")
-            }
+            Err(error) => tracing::warn!(%error, retry_in = ?delay, "opening the buckets failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,

@@ -62,10 +62,11 @@ impl App {
         shared::telemetry::metrics_handle();
         let client = topology::connect(&config.nats).await?;
         let js = jetstream::new(client.clone());
-        ensure_topology(&Topology::new(config.topology.clone()), &js).await;
         let background = CancellationToken::new();
         let (readiness, keeper) =
             Topology::new(config.topology.clone()).keep(js.clone(), &NEEDS, background.clone());
+        // NATS may start after the worker: the keeper retries until the buckets exist.
+        readiness.ensured().await;
         let kv = |name: &'static str| {
             let js = js.clone();
             async move { js.get_key_value(name).await }
@@ -180,21 +181,5 @@ impl App {
     /// The event kinds this worker consumes.
     pub fn event_types(&self) -> &[EventKind] {
         &self.handlers.config.event_types
-    }
-}
-
-/// Retries until the streams and buckets exist (NATS may start after the worker); the keeper
-/// then keeps them.
-async fn ensure_topology(topology: &Topology, js: &jetstream::Context) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match topology.ensure_all(js, &NEEDS).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "jetstream topology not ready");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }

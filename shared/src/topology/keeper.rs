@@ -39,6 +39,8 @@ struct Inner {
     nudge: Notify,
     /// The NATS connection, for its state.
     client: std::sync::OnceLock<async_nats::Client>,
+    /// Set once the start-up ensure succeeded: services open their buckets after it.
+    ensured: tokio::sync::watch::Sender<bool>,
 }
 
 /// What `/readyz` answers, the same shape in every service.
@@ -59,6 +61,7 @@ impl Readiness {
                 present: resources.iter().map(|_| AtomicBool::new(false)).collect(),
                 nudge: Notify::new(),
                 client: std::sync::OnceLock::new(),
+                ensured: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -77,6 +80,13 @@ impl Readiness {
             .client
             .get()
             .is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    /// Waits until the keeper has created (or updated) every resource once.
+    pub async fn ensured(&self) {
+        let mut ensured = self.inner.ensured.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = ensured.wait_for(|done| *done).await;
     }
 
     /// Asks the keeper to check now (a publish found no stream, a bucket read failed).
@@ -129,6 +139,7 @@ pub(super) async fn run(
         match topology.ensure_all(&js, &resources).await {
             Ok(()) => {
                 (0..resources.len()).for_each(|i| readiness.set(i, true));
+                readiness.inner.ensured.send_replace(true);
                 tracing::info!("jetstream topology ready");
                 break;
             }
