@@ -164,9 +164,43 @@ fn item_from_value(value: &Value) -> Option<BotItem> {
     }
 }
 
+/// A sync answer, with the poll id of the rest of the turn when Kore.ai is still working.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncAnswer {
+    pub answer: BotAnswer,
+    pub poll_id: Option<String>,
+}
+
+/// What a V2 poll found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Polled {
+    InProgress,
+    Ready(SyncAnswer),
+    /// Unknown or already collected.
+    Gone,
+}
+
+/// Poll ids go into a URL path: only a plain token is accepted.
+pub fn is_valid_poll_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The user id a Kore async delivery is addressed to (`to`).
 pub fn delivery_recipient(value: &Value) -> Option<&str> {
     value.get("to").and_then(Value::as_str)
+}
+
+fn sync_answer_v2(value: &Value) -> SyncAnswer {
+    SyncAnswer {
+        answer: BotAnswer::from_v2(value),
+        poll_id: value
+            .get("pollId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    }
 }
 
 /// Claims of the channel JWT (`docs/vendors/kore-webhook-channel.md`, "Claims").
@@ -257,7 +291,7 @@ impl KoreClient {
         &self,
         turn: &UserTurn,
         now_s: i64,
-    ) -> Result<Option<BotAnswer>, UpstreamError> {
+    ) -> Result<Option<SyncAnswer>, UpstreamError> {
         let url = format!(
             "{}{}",
             self.config.base_url.trim_end_matches('/'),
@@ -283,9 +317,50 @@ impl KoreClient {
             reason: e.to_string(),
         })?;
         Ok(Some(match self.config.version {
-            KoreVersion::V1 => BotAnswer::from_v1(&value),
-            KoreVersion::V2 => BotAnswer::from_v2(&value),
+            KoreVersion::V1 => SyncAnswer {
+                answer: BotAnswer::from_v1(&value),
+                poll_id: None,
+            },
+            KoreVersion::V2 => sync_answer_v2(&value),
         }))
+    }
+
+    /// `GET .../poll/{pollId}` for the rest of a V2 sync turn of `user_id`.
+    pub async fn poll(
+        &self,
+        user_id: &str,
+        poll_id: &str,
+        now_s: i64,
+    ) -> Result<Polled, UpstreamError> {
+        if !is_valid_poll_id(poll_id) {
+            return Ok(Polled::Gone);
+        }
+        let url = format!(
+            "{}{}/poll/{poll_id}",
+            self.config.base_url.trim_end_matches('/'),
+            self.config.hook_path()
+        );
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(self.token_for(user_id, now_s));
+        let bytes = match upstream::send(API, "poll", request, upstream::transient).await {
+            Ok((_, bytes)) => bytes,
+            Err(e) if e.status() == Some(400) => return Ok(Polled::Gone),
+            Err(e) => return Err(e),
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Decode {
+            endpoint: "poll",
+            reason: e.to_string(),
+        })?;
+        if value
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("inprogress"))
+        {
+            return Ok(Polled::InProgress);
+        }
+        Ok(Polled::Ready(sync_answer_v2(&value)))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rand::Rng;
 
 use crate::config::{ConfigError, Env};
@@ -32,6 +32,25 @@ impl RetryPolicy {
             max_elapsed: env
                 .duration(&format!("{prefix}_RETRY_MAX_ELAPSED"), default.max_elapsed)?,
         })
+    }
+
+    /// The waits of this policy, jittered, for loops that decide per attempt what to do
+    /// (the worker's delivery state machine): ends when the policy is spent.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        let mut budget = self.max_elapsed;
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .build()
+            .map(full_jitter)
+            .take_while(move |wait| match budget.checked_sub(*wait) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            })
     }
 
     pub const fn standard() -> Self {
@@ -166,6 +185,18 @@ mod tests {
             4,
             "first attempt plus max_retries"
         );
+    }
+
+    #[test]
+    fn delays_are_bounded_in_count_and_total() {
+        let waits: Vec<_> = fast().delays().collect();
+        assert!(waits.len() <= 3);
+        assert!(waits.iter().sum::<Duration>() <= Duration::from_secs(1));
+        let none = RetryPolicy {
+            max_retries: 0,
+            ..fast()
+        };
+        assert_eq!(none.delays().count(), 0);
     }
 
     #[tokio::test]

@@ -29,6 +29,9 @@ pub mod headers {
     /// Hex SHA-256 of the request's HMAC signature (absent for Basic): a signed request
     /// replayed under a new request id carries the same digest, and the worker drops it.
     pub const SIGNATURE_DIGEST: &str = "Bridge-Signature-Digest";
+    /// On a worker's own turn-deadline marker in `kore.replies.<partition>`: when the Kore.ai
+    /// turn it guards expires, epoch milliseconds.
+    pub const TURN_DEADLINE: &str = "Bridge-Turn-Deadline";
 }
 
 /// The value of [`headers::SIGNATURE_DIGEST`] for a decoded signature.

@@ -31,6 +31,8 @@ pub mod buckets {
     pub const PROCESSED: &str = "bridge_processed";
     /// Scheduler lease.
     pub const LEASES: &str = "bridge_leases";
+    /// Worker membership heartbeats and partition owner records.
+    pub const PARTITIONS: &str = "bridge_partitions";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +91,7 @@ pub struct TopologyConfig {
 
 impl TopologyConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let partitions: u32 = env.parse("PARTITIONS", 16)?;
+        let partitions: u32 = env.parse("PARTITIONS", 256)?;
         if partitions == 0 || partitions > 1024 {
             return Err(ConfigError::Invalid {
                 name: "PARTITIONS".into(),
@@ -153,7 +155,7 @@ pub enum Resource {
 
 impl Resource {
     /// Every stream and bucket of the bridge.
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 8] = [
         Resource::Events,
         Resource::KoreReplies,
         Resource::DeadLetters,
@@ -161,6 +163,7 @@ impl Resource {
         Resource::Bucket(buckets::CONVERSATIONS),
         Resource::Bucket(buckets::PROCESSED),
         Resource::Bucket(buckets::LEASES),
+        Resource::Bucket(buckets::PARTITIONS),
     ];
 
     /// The JetStream stream behind it (`KV_<bucket>` for a bucket).

@@ -1,5 +1,6 @@
-//! `App`: connects, ensures the topology, starts one pull loop per (event type, partition),
-//! serves `/healthz`, `/readyz`, `/metrics`, and shuts down in order.
+//! `App`: connects, ensures the topology, takes part in partition ownership (running the
+//! partitions this replica owns), serves `/healthz`, `/readyz`, `/metrics`, and shuts down in
+//! order.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -18,21 +19,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
 use crate::config::{EventKind, WorkerConfig};
-use crate::consumer::{self, LoopContext};
 use crate::conversation::Conversations;
+use crate::delivery::Delivery;
 use crate::handler::Handlers;
-use crate::khoros_steps::StepRunner;
+use crate::identity::KoreIdentity;
+use crate::ownership::{Ownership, OwnershipConfig};
+use crate::partition::{self, stuck::Stuck, PartitionContext};
 use crate::progress::ProgressStore;
 use crate::token::TokenSource;
+use crate::turns::Turns;
 
 /// The streams and buckets the worker uses; `/readyz` covers exactly these.
-pub const NEEDS: [Resource; 6] = [
+pub const NEEDS: [Resource; 7] = [
     Resource::Events,
     Resource::KoreReplies,
     Resource::DeadLetters,
     Resource::Bucket(buckets::TOKENS),
     Resource::Bucket(buckets::CONVERSATIONS),
     Resource::Bucket(buckets::PROCESSED),
+    Resource::Bucket(buckets::PARTITIONS),
 ];
 
 pub struct App {
@@ -43,6 +48,7 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     client: async_nats::Client,
     js: jetstream::Context,
+    partitions_kv: async_nats::jetstream::kv::Store,
     handlers: Arc<Handlers>,
 }
 
@@ -73,20 +79,25 @@ impl App {
         };
         let token =
             TokenSource::start(kv(buckets::TOKENS).await?, config.seed_token.as_ref()).await?;
+        let conversations_kv = kv(buckets::CONVERSATIONS).await?;
         let handlers = Arc::new(Handlers {
             progress: ProgressStore::new(kv(buckets::PROCESSED).await?),
-            conversations: Conversations::new(kv(buckets::CONVERSATIONS).await?),
-            runner: StepRunner {
+            conversations: Conversations::new(conversations_kv.clone()),
+            turns: Turns::new(conversations_kv, js.clone(), config.topology.partitions),
+            delivery: Delivery {
                 api: KhorosApi::new(&config.khoros_url, config.khoros_timeout),
                 token,
                 retry: config.khoros_retry,
                 app_id: config.app_id.clone(),
+                call_timeout: config.khoros_timeout,
             },
             kore: KoreClient::new(config.kore.clone()),
+            identity: KoreIdentity::new(config.kore_user_id_key.clone()),
             breaker: Breaker::new(config.breaker),
             js: js.clone(),
             config,
         });
+        let partitions_kv = kv(buckets::PARTITIONS).await?;
         Ok(Self {
             listener,
             readiness,
@@ -95,6 +106,7 @@ impl App {
             metrics_listener,
             client,
             js,
+            partitions_kv,
             handlers,
         })
     }
@@ -106,29 +118,40 @@ impl App {
     }
 
     /// Consumes until `shutdown`; then stops pulling, lets in-flight events finish within
-    /// `SHUTDOWN_TIMEOUT`, gives back (nak) what is still running, and flushes NATS.
+    /// `SHUTDOWN_TIMEOUT`, gives back (nak) what is still running, releases its partitions so
+    /// other replicas take them at once, and flushes NATS.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let config = &self.handlers.config;
-        let hard_stop = CancellationToken::new();
-        let ctx = LoopContext {
+        let ctx = Arc::new(PartitionContext {
             handlers: self.handlers.clone(),
             js: self.js.clone(),
             permits: Arc::new(Semaphore::new(config.concurrency)),
-            shutdown: shutdown.clone(),
-            hard_stop: hard_stop.clone(),
-        };
-        let mut loops = tokio::task::JoinSet::new();
-        for &kind in &config.event_types {
-            for partition in 0..config.topology.partitions {
-                loops.spawn(consumer::run(ctx.clone(), kind, partition));
-            }
-        }
+            stuck: Arc::new(Stuck::default()),
+        });
+        let reporter = tokio::spawn({
+            let stuck = ctx.stuck.clone();
+            let stop = self.background.clone();
+            async move { stuck.report(stop).await }
+        });
+        let ownership = Ownership::new(
+            self.partitions_kv.clone(),
+            OwnershipConfig {
+                member_id: config.member_id.clone(),
+                types: config.event_types.clone(),
+                partitions: config.topology.partitions,
+                member_timeout: config.member_timeout,
+                shutdown_timeout: config.shutdown_timeout,
+            },
+            move |slot| partition::start(ctx.clone(), slot),
+        );
         tracing::info!(
+            member = %config.member_id,
             types = ?config.event_types.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
             partitions = config.topology.partitions,
             concurrency = config.concurrency,
-            "worker consuming"
+            "worker consuming the partitions it owns"
         );
+        let owner = tokio::spawn(ownership.run(shutdown.clone()));
         let health = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(topology::readyz))
@@ -149,25 +172,12 @@ impl App {
 
         shutdown.cancelled().await;
         tracing::info!("stopping: no new events are pulled");
-        let deadline = config.shutdown_timeout;
-        if tokio::time::timeout(deadline, async {
-            while loops.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!(
-                ?deadline,
-                "in-flight events did not finish in time; giving them back"
-            );
-            hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while loops.join_next().await.is_some() {}
-            })
-            .await;
-            loops.abort_all();
-        }
+        // The ownership loop drains (bounded by SHUTDOWN_TIMEOUT), gives back the rest and
+        // releases the partitions.
+        let _ =
+            tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(10), owner).await;
         self.background.cancel();
+        let _ = reporter.await;
         let _ = self.keeper.await;
         shared::topology::flush_at_shutdown(&self.client).await;
         let _ = server.await;

@@ -11,7 +11,7 @@ use shared::topology::TopologyConfig;
 use shared::Secret;
 
 /// What a worker consumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     /// `khoros.events.message.*`: customer messages.
     Message,
@@ -33,7 +33,7 @@ impl EventKind {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         match name.trim().to_ascii_lowercase().as_str() {
             "message" => Some(EventKind::Message),
             "update" => Some(EventKind::Update),
@@ -62,8 +62,26 @@ pub struct WorkerConfig {
     pub metrics_listen: SocketAddr,
     /// `WORKER_EVENT_TYPES`: which consumers this process runs (pools scale independently).
     pub event_types: Vec<EventKind>,
-    /// `WORKER_CONCURRENCY`: messages handled at once by this process.
+    /// `WORKER_CONCURRENCY`: events handled at once by this process (bounds upstream load).
     pub concurrency: usize,
+    /// `PARTITION_MAX_IN_FLIGHT`: events one owned partition holds unacknowledged (running or
+    /// waiting behind their conversation or for a permit).
+    pub partition_max_in_flight: i64,
+    /// `INFRA_RETRY_FOR`: how long an event is retried in place while NATS misbehaves before
+    /// it is dead-lettered and its conversation moves on.
+    pub infra_retry_for: Duration,
+    /// `WORKER_ID`: member id in the partition table (default: host name plus a random suffix).
+    pub member_id: String,
+    /// `MEMBER_TIMEOUT`: a replica not heard from for this long loses its partitions.
+    pub member_timeout: Duration,
+    /// `KORE_USER_ID_KEY` / `_FILE`: keys the hash that makes Kore.ai user ids.
+    pub kore_user_id_key: Secret,
+    /// `KORE_POLL_INTERVAL`: pause between V2 polls of a slow turn.
+    pub kore_poll_interval: Duration,
+    /// `KORE_POLL_TIMEOUT`: how long a V2 turn is polled before the customer is handed off.
+    pub kore_poll_timeout: Duration,
+    /// `KORE_ASYNC_DEADLINE`: how long an async turn may stay unanswered before hand-off.
+    pub kore_async_deadline: Duration,
     /// `ACK_WAIT`: redelivery delay of an unacknowledged message (kept alive while working).
     pub ack_wait: Duration,
     /// `MAX_DELIVER`: deliveries before an event goes to the dead-letter stream.
@@ -162,6 +180,17 @@ impl WorkerConfig {
             metrics_listen: env.parse("METRICS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 9091)))?,
             event_types,
             concurrency: env.parse("WORKER_CONCURRENCY", 64)?.max(1),
+            partition_max_in_flight: env.parse("PARTITION_MAX_IN_FLIGHT", 64_i64)?.max(1),
+            infra_retry_for: env.duration("INFRA_RETRY_FOR", Duration::from_secs(60))?,
+            member_id: env.get("WORKER_ID").unwrap_or_else(default_member_id),
+            member_timeout: env.duration("MEMBER_TIMEOUT", Duration::from_secs(6))?,
+            kore_user_id_key: match env.secret("KORE_USER_ID_KEY")? {
+                Some(key) => key,
+                None => derived_user_id_key(&kore.client_secret),
+            },
+            kore_poll_interval: env.duration("KORE_POLL_INTERVAL", Duration::from_millis(500))?,
+            kore_poll_timeout: env.duration("KORE_POLL_TIMEOUT", Duration::from_secs(60))?,
+            kore_async_deadline: env.duration("KORE_ASYNC_DEADLINE", Duration::from_secs(60))?,
             ack_wait: env.duration("ACK_WAIT", Duration::from_secs(30))?,
             max_deliver: env.parse("MAX_DELIVER", 10)?,
             app_id: env.required("KHOROS_APP_ID")?,
@@ -193,6 +222,28 @@ impl WorkerConfig {
             topology: TopologyConfig::from_env(env)?,
         })
     }
+}
+
+/// Host name (the pod name) plus a random suffix: a restarted pod is a new member, so it never
+/// mistakes its predecessor's partitions for running ones.
+fn default_member_id() -> String {
+    let host: String = std::env::var("HOSTNAME")
+        .unwrap_or_else(|_| "worker".into())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(48)
+        .collect();
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// Without `KORE_USER_ID_KEY` the key is derived from the Kore.ai client secret (stable while
+/// the secret is); set it explicitly so rotating the secret leaves new user ids unchanged.
+fn derived_user_id_key(client_secret: &Secret) -> Secret {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"khoros-kore-bridge user id key\0");
+    h.update(client_secret.expose().as_bytes());
+    Secret::new(shared::routing::hex(&h.finalize()))
 }
 
 fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {

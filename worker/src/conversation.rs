@@ -1,18 +1,18 @@
 //! Conversation records (KV bucket `bridge_conversations`), kept current by every event type.
 //!
 //! A record says who owns the conversation as far as we know, its Care display id, whether it
-//! was closed, whether the bot already tagged it, and where to reply (coordinate and author,
-//! needed to route Kore.ai's asynchronous deliveries back). Records are read-modify-written with
-//! compare-and-set, because message and update consumers may touch one record at once.
+//! was closed, whether the bot already tagged it, where to reply (coordinate and author, for
+//! Kore.ai's asynchronous deliveries) and the Kore.ai user id it was given at first contact
+//! (`crate::identity`). Records are read-modify-written with compare-and-set, because message
+//! and update consumers may touch one record at once.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use shared::event::{Author, Coordinate, Owner};
-use shared::routing::{hex, ConversationKey};
+use shared::routing::ConversationKey;
 
 use crate::error::WorkerError;
 
@@ -34,16 +34,14 @@ pub struct ConversationRecord {
     /// The bot-reply tags were applied in this conversation.
     #[serde(default)]
     pub bot_tagged: bool,
+    /// The user id Kore.ai knows this conversation by (a keyed hash, never the author id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kore_user: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct Conversations {
     kv: kv::Store,
-}
-
-/// Key of the index entry from a Kore user id to a conversation record.
-fn user_index_key(user_id: &str) -> String {
-    format!("user.{}", hex(&Sha256::digest(user_id.as_bytes())))
 }
 
 impl Conversations {
@@ -96,42 +94,6 @@ impl Conversations {
         Err(WorkerError::Infrastructure(format!(
             "conversation record {key}: too many concurrent updates"
         )))
-    }
-
-    /// Remembers which conversation a Kore user id belongs to (for async deliveries).
-    pub async fn index_user(&self, user_id: &str, key: &str) -> Result<(), WorkerError> {
-        let index = user_index_key(user_id);
-        if self
-            .kv
-            .get(&index)
-            .await
-            .map_err(WorkerError::infra)?
-            .as_deref()
-            == Some(key.as_bytes())
-        {
-            return Ok(());
-        }
-        self.kv
-            .put(index, key.to_owned().into())
-            .await
-            .map(|_| ())
-            .map_err(WorkerError::infra)
-    }
-
-    pub async fn by_user(
-        &self,
-        user_id: &str,
-    ) -> Result<Option<(String, ConversationRecord)>, WorkerError> {
-        let Some(key) = self
-            .kv
-            .get(user_index_key(user_id))
-            .await
-            .map_err(WorkerError::infra)?
-        else {
-            return Ok(None);
-        };
-        let key = String::from_utf8_lossy(&key).into_owned();
-        Ok(self.get(&key).await?.map(|r| (key, r)))
     }
 
     /// Deletes a closed record after `grace`, unless the conversation reopened meanwhile.

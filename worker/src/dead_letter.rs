@@ -11,7 +11,7 @@ use shared::topology::DEAD_LETTER_STREAM;
 use crate::error::WorkerError;
 use crate::telemetry;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The subject the event was stored on, so a replay can put it back.
     pub subject: String,
@@ -28,6 +28,46 @@ pub struct DeadLetter {
     pub failed_at_ms: i64,
     /// The event as stored (JSON when it parses, else a string).
     pub event: Value,
+    /// The event did not fit in one NATS message next to the rest: `event` holds its start
+    /// as a string, and the letter cannot be replayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Room kept for headers and the JSON around the letter's fields.
+const ENVELOPE_ROOM: usize = 8 * 1024;
+/// Longest error text kept.
+const ERROR_LIMIT: usize = 1024;
+
+impl DeadLetter {
+    /// Serialises the letter within `limit` bytes, truncating the error text and, if still too
+    /// large, the event (so a dead letter can always be written and its conversation moves on).
+    fn to_bytes_within(&mut self, limit: usize) -> Vec<u8> {
+        if self.error.len() > ERROR_LIMIT {
+            let mut cut = ERROR_LIMIT;
+            while !self.error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.error.truncate(cut);
+        }
+        let bytes = serde_json::to_vec(self).expect("dead letter serialises");
+        if bytes.len() <= limit {
+            return bytes;
+        }
+        let raw = match &self.event {
+            Value::String(raw) => raw.clone(),
+            other => other.to_string(),
+        };
+        // JSON escaping at most doubles ASCII; keep half the room for the event text.
+        let mut cut = limit.saturating_sub(ENVELOPE_ROOM) / 2;
+        cut = cut.min(raw.len());
+        while !raw.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.event = Value::String(raw[..cut].to_string());
+        self.truncated = true;
+        serde_json::to_vec(self).expect("dead letter serialises")
+    }
 }
 
 pub async fn publish(
@@ -36,7 +76,13 @@ pub async fn publish(
     letter: &DeadLetter,
 ) -> Result<(), WorkerError> {
     let subject = format!("{DEAD_LETTER_PREFIX}.{kind}");
-    let payload = serde_json::to_vec(letter).expect("dead letter serialises");
+    let max_payload = js.client().server_info().max_payload;
+    let limit = if max_payload == 0 {
+        1024 * 1024
+    } else {
+        max_payload
+    };
+    let payload = letter.clone().to_bytes_within(limit.saturating_sub(1024));
     js.publish(subject, payload.into())
         .await
         .map_err(WorkerError::infra)?
@@ -96,6 +142,11 @@ pub async fn replay(js: &jetstream::Context, sequences: &[u64]) -> Result<Vec<u6
         let letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|e| {
             WorkerError::Poison(format!("dead letter {sequence} is unreadable: {e}"))
         })?;
+        if letter.truncated {
+            return Err(WorkerError::Poison(format!(
+                "dead letter {sequence} holds a truncated event and cannot be replayed"
+            )));
+        }
         let payload = match &letter.event {
             Value::String(raw) => raw.clone().into_bytes(),
             event => serde_json::to_vec(event).expect("event serialises"),
@@ -121,4 +172,30 @@ pub async fn replay(js: &jetstream::Context, sequences: &[u64]) -> Result<Vec<u6
         replayed.push(sequence);
     }
     Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_letter_is_cut_to_fit() {
+        let mut letter = DeadLetter {
+            error: "e".repeat(5000),
+            event: Value::String("\"x".repeat(400_000)),
+            ..Default::default()
+        };
+        let bytes = letter.to_bytes_within(100_000);
+        assert!(bytes.len() <= 100_000, "{}", bytes.len());
+        let back: DeadLetter = serde_json::from_slice(&bytes).unwrap();
+        assert!(back.truncated);
+        assert_eq!(back.error.len(), ERROR_LIMIT);
+        let mut small = DeadLetter::default();
+        let bytes = small.to_bytes_within(100_000);
+        assert!(
+            !serde_json::from_slice::<DeadLetter>(&bytes)
+                .unwrap()
+                .truncated
+        );
+    }
 }

@@ -1,12 +1,14 @@
-//! The processed-id record of each event (KV bucket `bridge_processed`, TTL 24 h by default),
-//! and the signature records that refuse a signed request replayed under a new request id.
+//! The progress record of each event (KV bucket `bridge_processed`, TTL 24 h by default), and
+//! the signature records that refuse a signed request replayed under a new request id.
 //!
 //! Progress is recorded per step: the bot's answer once Kore.ai gave it (so a crash before the
-//! reply does not ask Kore.ai again), the step about to be sent (so a crash during a `/respond`
-//! can be resolved against Khoros' request log instead of sending twice), the steps done, and
-//! finally `done` (so a redelivered or re-sent event is a no-op).
+//! reply does not ask Kore.ai again), an open poll id (so polling resumes), the step being sent
+//! and when (so a crash during a `/respond` is resolved against Khoros' request log instead of
+//! sending twice), the steps done, and finally `done` (so a redelivered or replayed event is a
+//! no-op). Every write is a compare-and-set on the revision read: two processors of one event
+//! (a stalled owner and its successor) cannot both claim a step.
 
-use async_nats::jetstream::kv::{self, CreateErrorKind};
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::kore::BotAnswer;
@@ -16,21 +18,45 @@ use crate::error::WorkerError;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    /// The bot's answer, once received.
+    /// The bot's answer so far (polled parts are appended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<BotAnswer>,
     /// Why the bot could not answer, when it could not (the hand-off plan derives from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot_failure: Option<String>,
+    /// A V2 poll still to collect: the rest of the bot's turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollState>,
+    /// Why the answer stops short (polling gave up): the customer is handed to an agent after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
     /// Khoros steps completed, in plan order.
     #[serde(default)]
     pub steps_done: usize,
-    /// The step being sent when the record was written (crash detection).
+    /// The step being sent when the record was written (its outcome is unknown until resolved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<usize>,
+    /// When that step's latest attempt started, epoch ms.
+    #[serde(default)]
+    pub attempt_at_ms: i64,
     /// Nothing left to do for this event.
     #[serde(default)]
     pub done: bool,
+}
+
+/// An open V2 poll.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollState {
+    pub poll_id: String,
+    /// When the turn was sent, epoch ms: polling is bounded from here.
+    pub started_at_ms: i64,
+}
+
+/// A progress record and the revision it was read at.
+#[derive(Clone, Debug, Default)]
+pub struct Tracked {
+    pub progress: Progress,
+    revision: Option<u64>,
 }
 
 /// Whose a signature is.
@@ -58,15 +84,53 @@ impl ProgressStore {
         hex(&Sha256::digest(event_id.as_bytes()))
     }
 
-    pub async fn load(&self, event_id: &str) -> Result<Progress, WorkerError> {
-        let bytes = self
+    pub async fn load(&self, event_id: &str) -> Result<Tracked, WorkerError> {
+        let entry = self
             .kv
-            .get(Self::key(event_id))
+            .entry(Self::key(event_id))
             .await
             .map_err(WorkerError::infra)?;
-        Ok(bytes
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default())
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => Tracked {
+                progress: serde_json::from_slice(&e.value).unwrap_or_default(),
+                revision: Some(e.revision),
+            },
+            Some(e) => Tracked {
+                progress: Progress::default(),
+                revision: Some(e.revision),
+            },
+            None => Tracked::default(),
+        })
+    }
+
+    /// Writes `tracked` if nobody wrote the record since it was read; else
+    /// [`WorkerError::Superseded`] (the caller starts over from a fresh read).
+    pub async fn save(&self, event_id: &str, tracked: &mut Tracked) -> Result<(), WorkerError> {
+        let bytes: bytes::Bytes = serde_json::to_vec(&tracked.progress)
+            .expect("progress serialises")
+            .into();
+        let key = Self::key(event_id);
+        let written = match tracked.revision {
+            Some(revision) => {
+                self.kv
+                    .update(&key, bytes, revision)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        UpdateErrorKind::WrongLastRevision => WorkerError::Superseded,
+                        _ => WorkerError::infra(e),
+                    })
+            }
+            None => self
+                .kv
+                .create(&key, bytes)
+                .await
+                .map_err(|e| match e.kind() {
+                    CreateErrorKind::AlreadyExists => WorkerError::Superseded,
+                    _ => WorkerError::infra(e),
+                }),
+        }?;
+        tracked.revision = Some(written);
+        Ok(())
     }
 
     /// Records `signature digest -> event id` (KV create: compare-and-set on absent), so the
@@ -89,14 +153,5 @@ impl ProgressStore {
             }
             Err(e) => Err(WorkerError::infra(e)),
         }
-    }
-
-    pub async fn save(&self, event_id: &str, progress: &Progress) -> Result<(), WorkerError> {
-        let bytes = serde_json::to_vec(progress).expect("progress serialises");
-        self.kv
-            .put(Self::key(event_id), bytes.into())
-            .await
-            .map(|_| ())
-            .map_err(WorkerError::infra)
     }
 }

@@ -177,6 +177,21 @@ pub fn worker_env(
     Env::from_pairs(worker_vars(nats, khoros_url, kore_url, extra))
 }
 
+/// The key the test workers hash Kore.ai user ids with.
+pub const KORE_USER_ID_KEY: &str = "test-kore-user-id-key";
+
+/// The Kore.ai user id the test workers give `author_id` on khoros-sim's default network and
+/// page (`brandmessenger`, `bm-web-01`).
+pub fn kore_user(author_id: &str) -> String {
+    worker::identity::KoreIdentity::new(shared::Secret::new(KORE_USER_ID_KEY)).user_id(
+        &shared::routing::ConversationKey {
+            network: "brandmessenger",
+            external_id: "bm-web-01",
+            author_id,
+        },
+    )
+}
+
 /// [`worker_env`] as variable pairs (for worker processes).
 pub fn worker_vars(
     nats: &NatsServer,
@@ -193,6 +208,7 @@ pub fn worker_vars(
         ("KORE_BOT_ID".into(), KORE_BOT_ID.into()),
         ("KORE_CLIENT_ID".into(), KORE_CLIENT_ID.into()),
         ("KORE_CLIENT_SECRET".into(), KORE_CLIENT_SECRET.into()),
+        ("KORE_USER_ID_KEY".into(), KORE_USER_ID_KEY.into()),
         ("ACK_WAIT".into(), "5s".into()),
         ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
         ("PARTITIONS".into(), "4".into()),

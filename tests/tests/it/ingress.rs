@@ -50,7 +50,7 @@ async fn hmac_event_is_stored_once_with_subject_and_msg_id() {
         external_id: "bm-web-01",
         author_id: "user-42",
     }
-    .partition(16);
+    .partition(256);
     assert_eq!(
         msgs[0].subject.as_str(),
         format!("khoros.events.message.{partition}")

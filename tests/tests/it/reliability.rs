@@ -475,7 +475,7 @@ async fn secrets_never_appear_in_logs_or_metrics() {
     let new_token = stack.rotate_token().await;
     stack.khoros.advance_clock(Duration::from_secs(11 * 60));
     stack.kore.script(
-        "secret-1",
+        &crate::helpers::kore_user("secret-1"),
         [bridge_tests::kore_sim::script::Turn::fail(401)],
     );
     stack.khoros.send_text("secret-1", "again").expect("inject");

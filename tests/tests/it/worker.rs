@@ -43,16 +43,24 @@ async fn the_reply_arrives_and_kore_is_asked_with_a_signed_jwt() {
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(request.status, 200);
-    assert_eq!(request.body["from"]["id"], "user-1");
+    // Kore.ai knows the customer only by a keyed hash of the whole conversation key.
+    let user = crate::helpers::kore_user("user-1");
+    assert!(user.starts_with("kb-"), "{user}");
+    assert_eq!(request.body["from"]["id"], user.as_str());
     assert_eq!(request.body["message"]["val"], "where is my order?");
     assert_eq!(
-        request.body["customData"]["khoros"]["coordinate"]["externalId"],
+        request.body["customData"]["khoros"]["externalId"],
         "bm-web-01"
+    );
+    assert!(
+        !request.body.to_string().contains("user-1"),
+        "the author id must not reach Kore.ai: {}",
+        request.body
     );
     let claims = &request.auth.as_ref().expect("jwt decoded")["jwt"]["claims"];
     assert_eq!(claims["appId"], "cs-00000000-test-app");
-    assert_eq!(claims["sub"], "user-1");
-    assert_eq!(claims["userIdentity"], "user-1");
+    assert_eq!(claims["sub"], user.as_str());
+    assert_eq!(claims["userIdentity"], user.as_str());
 }
 
 /// An agent-owned conversation gets nothing; handed back, the next message is answered alone.
@@ -216,7 +224,7 @@ async fn a_worker_killed_while_asking_the_bot_is_replaced() {
 async fn kore_server_errors_are_retried() {
     let stack = Stack::start(&[], &[], KoreSimConfig::default()).await;
     stack.kore.script(
-        "user-7",
+        &crate::helpers::kore_user("user-7"),
         [
             Turn::fail(503),
             Turn::fail(500),
@@ -335,7 +343,7 @@ async fn quick_replies_and_handoff_templates_map_as_written() {
     )
     .await;
     stack.kore.script(
-        "user-11",
+        &crate::helpers::kore_user("user-11"),
         [
             Turn::quick_replies(
                 "Track an order?",
@@ -414,7 +422,7 @@ async fn async_mode_replies_through_the_callback() {
     };
     stack.kore.update_config(&patch).expect("post url");
     stack.kore.script(
-        "user-12",
+        &crate::helpers::kore_user("user-12"),
         [Turn::texts([
             "Looking that up.",
             "Order 5512 shipped yesterday.",

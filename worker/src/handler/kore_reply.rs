@@ -1,5 +1,9 @@
-//! A Kore.ai asynchronous delivery (stored by the ingress' `/kore/callback`): find the Khoros
-//! conversation of its `to` user and reply there, in order.
+//! Kore.ai asynchronous deliveries (stored by the ingress' `/kore/callback`) and the worker's
+//! own turn-deadline markers, both on `kore.replies.<partition>` (`crate::turns`).
+//!
+//! A delivery is answered only while its user's turn is outstanding: the turn names the
+//! conversation, and the reply goes there through the delivery state machine. A deadline
+//! marker that falls due on a turn that got no delivery hands the customer to an agent.
 
 use std::sync::Arc;
 
@@ -10,11 +14,15 @@ use super::{Envelope, Handlers, Settle};
 use crate::error::WorkerError;
 use crate::reply;
 use crate::telemetry;
+use crate::turns::DeadlineMarker;
 
 pub async fn handle(
     h: &Arc<Handlers>,
     env: &Envelope,
 ) -> Result<(Settle, &'static str), WorkerError> {
+    if env.turn_deadline_ms.is_some() {
+        return deadline(h, env).await;
+    }
     let Some(value) = h.parse_or_dead_letter::<Value>(env, "JSON").await? else {
         return Ok((Settle::Term, "dead_lettered"));
     };
@@ -30,22 +38,30 @@ pub async fn handle(
         .await?;
         return Ok((Settle::Term, "dead_lettered"));
     };
-    let Some((key, record)) = h.conversations.by_user(user).await? else {
+    let mut tracked = h.progress.load(&env.event_id).await?;
+    if tracked.progress.done {
+        return Ok((Settle::Ack, "duplicate"));
+    }
+    // The ingress refuses deliveries without a turn; the turn may have ended since.
+    let Some((turn, revision)) = h.turns.get(user).await? else {
+        metrics::counter!(telemetry::SKIPPED, "reason" => "no_turn").increment(1);
+        tracing::warn!("kore.ai delivery for a user with no turn outstanding; dropped");
+        return Ok((Settle::Ack, "skipped"));
+    };
+    let Some(record) = h.conversations.get(&turn.conversation).await? else {
         h.dead_letter(
             env,
             "route",
             "-",
-            "no conversation known for this Kore.ai user",
+            "the turn's conversation record is gone",
             "",
             env.delivered as u64,
         )
         .await?;
         return Ok((Settle::Term, "dead_lettered"));
     };
-    let mut progress = h.progress.load(&env.event_id).await?;
-    if progress.done {
-        return Ok((Settle::Ack, "duplicate"));
-    }
+    let key = turn.conversation.clone();
+    h.turns.delivered(user, turn, revision).await;
     if record
         .owner
         .as_ref()
@@ -62,12 +78,64 @@ pub async fn handle(
         metrics::counter!(telemetry::HANDOFFS, "reason" => reason.label()).increment(1);
     }
     let settle = h
-        .deliver_reply(env, &mut progress, &steps, &key, first_reply)
+        .deliver_reply(env, &mut tracked, &steps, &key, first_reply)
         .await?;
-    let outcome = match (settle, handoff) {
-        (Settle::Term, _) => "dead_lettered",
-        (_, Some(_)) => "handed_off",
-        _ => "replied",
+    if settle == Settle::Term {
+        return Ok((settle, "dead_lettered"));
+    }
+    h.finish(env, &mut tracked).await?;
+    Ok((
+        settle,
+        if handoff.is_some() {
+            "handed_off"
+        } else {
+            "replied"
+        },
+    ))
+}
+
+/// A turn's deadline fell due: hand off if Kore.ai never answered, then end the turn.
+async fn deadline(
+    h: &Arc<Handlers>,
+    env: &Envelope,
+) -> Result<(Settle, &'static str), WorkerError> {
+    let Some(marker) = h
+        .parse_or_dead_letter::<DeadlineMarker>(env, "a turn deadline marker")
+        .await?
+    else {
+        return Ok((Settle::Term, "dead_lettered"));
     };
-    Ok((settle, outcome))
+    let turn = match h.turns.get(&marker.to).await? {
+        Some((turn, _)) if turn.event_id == marker.event_id => turn,
+        // A newer turn replaced it, or it was closed.
+        _ => return Ok((Settle::Ack, "turn_closed")),
+    };
+    let mut outcome = "turn_closed";
+    if turn.deliveries == 0 {
+        let mut tracked = h.progress.load(&env.event_id).await?;
+        let record = h.conversations.get(&turn.conversation).await?;
+        let bot_owned = record
+            .as_ref()
+            .is_some_and(|r| r.owner.as_ref().is_none_or(|o| o.is_bot(&h.config.app_id)));
+        if let (false, true, Some(record)) = (tracked.progress.done, bot_owned, record) {
+            tracing::warn!("kore.ai did not answer the turn in time; handing off");
+            let ctx = h.plan_context(&record.coordinate, &record.author, false);
+            let comment = format!(
+                "The virtual assistant did not answer within {}s; please take over.",
+                h.config.kore_async_deadline.as_secs()
+            );
+            let steps = ctx.handoff(&comment, &[]);
+            if h.deliver(env, &mut tracked, &steps, &turn.conversation)
+                .await?
+                == Settle::Term
+            {
+                return Ok((Settle::Term, "dead_lettered"));
+            }
+            h.finish(env, &mut tracked).await?;
+            metrics::counter!(telemetry::HANDOFFS, "reason" => "kore_timeout").increment(1);
+            outcome = "handed_off";
+        }
+    }
+    h.turns.close(&marker.to, &marker.event_id).await?;
+    Ok((Settle::Ack, outcome))
 }

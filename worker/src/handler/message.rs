@@ -1,17 +1,21 @@
-//! A customer's message: owner check, idempotency, ask Kore.ai, reply through Khoros.
+//! A customer's message: owner check, idempotency, ask Kore.ai (following V2 polls of a slow
+//! turn, or opening an async turn), reply through Khoros via the delivery state machine.
 
 use std::sync::Arc;
 
 use serde_json::json;
 use shared::event::MessageEvent;
-use shared::kore::UserTurn;
+use shared::kore::{Polled, SyncAnswer, UserTurn};
+use shared::routing::ConversationKey;
 use shared::upstream::{count_retry, UpstreamError};
 
 use super::{Envelope, Handlers, Settle};
-use crate::conversation::{ConversationRecord, Conversations};
+use crate::conversation::ConversationRecord;
 use crate::error::WorkerError;
+use crate::progress::{PollState, Progress};
 use crate::reply;
 use crate::telemetry;
+use crate::turns::Turn;
 
 /// Why a message is not answered (label of `worker_skipped_total`).
 fn skip_reason(
@@ -46,7 +50,12 @@ pub async fn handle(
     else {
         return Ok((Settle::Term, "dead_lettered"));
     };
-    let key = Conversations::key(&event.coordinate, &event.author);
+    let conversation = ConversationKey {
+        network: event.coordinate.network_key.as_deref().unwrap_or(""),
+        external_id: event.coordinate.external_id.as_deref().unwrap_or(""),
+        author_id: &event.author.id,
+    };
+    let key = conversation.record_key();
     let received_at = env.received_at_ms.unwrap_or_else(|| h.now_ms());
     let record = h.conversations.get(&key).await?;
     if let Some(reason) = skip_reason(&event, record.as_ref(), &h.config.app_id, received_at) {
@@ -55,15 +64,17 @@ pub async fn handle(
         return Ok((Settle::Ack, "skipped"));
     }
 
-    let mut progress = h.progress.load(&env.event_id).await?;
-    if progress.done {
+    let mut tracked = h.progress.load(&env.event_id).await?;
+    if tracked.progress.done {
         tracing::info!("event already answered; duplicate delivery ignored");
         return Ok((Settle::Ack, "duplicate"));
     }
 
-    // Keep where to reply, for async deliveries and for updates that arrive later.
+    // Keep where to reply (async deliveries, later updates) and the Kore user id given at first
+    // contact, so a rotated id key only affects conversations that start afterwards.
     let coordinate = event.coordinate.clone();
     let author = event.author.clone();
+    let fresh_user = h.identity.user_id(&conversation);
     let record = h
         .conversations
         .modify(&key, |r| {
@@ -73,38 +84,77 @@ pub async fn handle(
             if r.owner.is_none() {
                 r.owner = event.owner.clone();
             }
+            if r.kore_user.is_none() {
+                r.kore_user = Some(fresh_user.clone());
+            }
         })
         .await?;
+    let kore_user = record.kore_user.clone().unwrap_or(fresh_user);
 
+    let progress = &mut tracked.progress;
     if progress.answer.is_none() && progress.bot_failure.is_none() {
-        match ask_bot(h, &event, &record, &key).await? {
-            Asked::Answer(answer) => progress.answer = Some(answer),
+        match ask_bot(h, env, &event, &record, &key, &kore_user).await? {
+            Asked::Answer(sync) => {
+                progress.poll = sync.poll_id.map(|poll_id| PollState {
+                    poll_id,
+                    started_at_ms: h.now_ms(),
+                });
+                progress.answer = Some(sync.answer);
+            }
             Asked::Async => {
-                progress.done = true;
-                h.progress.save(&env.event_id, &progress).await?;
+                h.finish(env, &mut tracked).await?;
                 return Ok((Settle::Ack, "sent_to_bot"));
             }
             Asked::Failed(reason) => progress.bot_failure = Some(reason),
         }
-        h.progress.save(&env.event_id, &progress).await?;
+        h.progress.save(&env.event_id, &mut tracked).await?;
     }
 
     let first_reply = !record.bot_tagged;
     let ctx = h.plan_context(&event.coordinate, &event.author, first_reply);
-    let (steps, outcome) = match (&progress.answer, &progress.bot_failure) {
+    // Deliver what the bot said so far; while Kore.ai is still working (V2 `pollId`), collect
+    // the next part and deliver it too. Plans of a longer answer extend the shorter one's, so
+    // the steps already done stay done.
+    let (outcome, responded) = loop {
+        let (steps, outcome) = plan(&tracked.progress, &ctx);
+        let settle = h.deliver(env, &mut tracked, &steps, &key).await?;
+        if settle == Settle::Term {
+            return Ok((Settle::Term, "dead_lettered"));
+        }
+        if tracked.progress.poll.is_none() {
+            let responded = steps.iter().any(|s| matches!(s, reply::Step::Respond(_)));
+            break (outcome, responded);
+        }
+        poll_more(h, env, &mut tracked, &kore_user).await?;
+    };
+    if first_reply && responded {
+        h.conversations
+            .modify(&key, |r| r.bot_tagged = true)
+            .await?;
+    }
+    h.finish(env, &mut tracked).await?;
+    Ok((Settle::Ack, outcome))
+}
+
+/// The steps for what the bot said so far (or for its failure), and the outcome label.
+fn plan(progress: &Progress, ctx: &reply::PlanContext<'_>) -> (Vec<reply::Step>, &'static str) {
+    match (&progress.answer, &progress.bot_failure) {
         (Some(answer), _) => {
-            let (steps, handoff) = reply::plan(answer, &ctx);
+            let (mut steps, handoff) = reply::plan(answer, ctx);
             if let Some(reason) = handoff {
-                metrics::counter!(telemetry::HANDOFFS, "reason" => reason.label()).increment(1);
+                count_handoff(progress, reason.label());
+                return (steps, "handed_off");
             }
-            (
-                steps,
-                if handoff.is_some() {
-                    "handed_off"
-                } else {
-                    "replied"
-                },
-            )
+            if let Some(why) = &progress.incomplete {
+                // The rest of the turn is lost: an agent takes over after what did arrive.
+                count_handoff(progress, "kore_incomplete");
+                steps.extend(ctx.handoff(
+                    &format!("The virtual assistant did not finish its answer ({why}); please take over."),
+                    &[],
+                ));
+                return (steps, "handed_off");
+            }
+            (steps, "replied")
         }
         (None, Some(reason)) => {
             let label = if reason.starts_with("breaker") {
@@ -112,28 +162,88 @@ pub async fn handle(
             } else {
                 "kore_unavailable"
             };
-            metrics::counter!(telemetry::HANDOFFS, "reason" => label).increment(1);
+            count_handoff(progress, label);
             let comment =
                 format!("The virtual assistant could not answer ({reason}); please take over.");
             (ctx.handoff(&comment, &[]), "handed_off")
         }
-        (None, None) => unreachable!("an answer or a failure was recorded above"),
+        (None, None) => (Vec::new(), "replied"),
+    }
+}
+
+/// Counts a hand-off once, when its plan is final (not for every polled part).
+fn count_handoff(progress: &Progress, reason: &'static str) {
+    if progress.poll.is_none() {
+        metrics::counter!(telemetry::HANDOFFS, "reason" => reason).increment(1);
+    }
+}
+
+/// Polls Kore.ai until the next part of the turn arrives, the turn ends, or the poll budget
+/// (`KORE_POLL_TIMEOUT` from the turn's start) is spent; records the result.
+async fn poll_more(
+    h: &Handlers,
+    env: &Envelope,
+    tracked: &mut crate::progress::Tracked,
+    kore_user: &str,
+) -> Result<(), WorkerError> {
+    let Some(poll) = tracked.progress.poll.clone() else {
+        return Ok(());
     };
-    let settle = h
-        .deliver_reply(env, &mut progress, &steps, &key, first_reply)
-        .await?;
-    Ok((
-        settle,
-        if settle == Settle::Ack {
-            outcome
-        } else {
-            "dead_lettered"
-        },
-    ))
+    let give_up_at = poll.started_at_ms + h.config.kore_poll_timeout.as_millis() as i64;
+    let progress = &mut tracked.progress;
+    loop {
+        if h.now_ms() >= give_up_at {
+            tracing::warn!(poll_id = %poll.poll_id, "kore.ai turn still running after the poll timeout; handing off");
+            progress.poll = None;
+            progress.incomplete = Some(format!(
+                "still working after {}s",
+                h.config.kore_poll_timeout.as_secs()
+            ));
+            break;
+        }
+        tokio::time::sleep(h.config.kore_poll_interval).await;
+        match h
+            .kore
+            .poll(kore_user, &poll.poll_id, h.now_ms() / 1000)
+            .await
+        {
+            Ok(Polled::InProgress) => continue,
+            Ok(Polled::Ready(more)) => {
+                let answer = progress.answer.get_or_insert_with(Default::default);
+                answer.items.extend(more.answer.items);
+                if more.answer.completed_task_name.is_some() {
+                    answer.completed_task_name = more.answer.completed_task_name;
+                }
+                answer.end_of_task |= more.answer.end_of_task;
+                progress.poll = more.poll_id.map(|poll_id| PollState {
+                    poll_id,
+                    started_at_ms: poll.started_at_ms,
+                });
+                break;
+            }
+            Ok(Polled::Gone) => {
+                // Collected already (by a run that crashed before recording it) or expired.
+                tracing::warn!(poll_id = %poll.poll_id, "kore.ai has nothing for the poll id; handing off");
+                progress.poll = None;
+                progress.incomplete = Some("the rest of the answer was not available".into());
+                break;
+            }
+            Err(e) if shared::retry::RetryClass::is_retryable(&e) => {
+                tracing::warn!(error = %e, "kore.ai poll failed; polling again");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kore.ai poll refused; handing off");
+                progress.poll = None;
+                progress.incomplete = Some(format!("polling failed: {}", e.status_label()));
+                break;
+            }
+        }
+    }
+    h.progress.save(&env.event_id, tracked).await
 }
 
 enum Asked {
-    Answer(shared::kore::BotAnswer),
+    Answer(SyncAnswer),
     /// Async mode: Kore.ai acknowledged; the answer arrives at the callback.
     Async,
     /// The bot could not answer; the customer goes to an agent.
@@ -142,9 +252,11 @@ enum Asked {
 
 async fn ask_bot(
     h: &Handlers,
+    env: &Envelope,
     event: &MessageEvent,
     record: &ConversationRecord,
     key: &str,
+    kore_user: &str,
 ) -> Result<Asked, WorkerError> {
     if !h.breaker.allow() {
         return Ok(Asked::Failed(
@@ -158,22 +270,33 @@ async fn ask_bot(
         (Some(text), _) => text.clone(),
         _ => String::new(),
     };
+    // The dialog sees the conversation details, but no author id: Kore.ai knows the customer
+    // only by the keyed id (`crate::identity`).
     let turn = UserTurn {
-        user_id: event.author.id.clone(),
+        user_id: kore_user.to_string(),
         first_name: event.author.full_name.clone(),
         text,
         attachments: event.media.iter().map(|m| m.url.clone()).collect(),
         custom_data: json!({
             "khoros": {
-                "coordinate": event.coordinate,
-                "author": { "id": event.author.id, "fullName": event.author.full_name },
                 "conversationDisplayId": record.display_id,
                 "networkKey": event.coordinate.network_key,
+                "externalId": event.coordinate.external_id,
             }
         }),
     };
-    if h.kore.config().mode == shared::kore::KoreMode::Async {
-        h.conversations.index_user(&event.author.id, key).await?;
+    let asynchronous = h.kore.config().mode == shared::kore::KoreMode::Async;
+    if asynchronous {
+        // Before the call: a fast delivery must find its turn.
+        let now = h.now_ms();
+        let turn = Turn {
+            conversation: key.to_string(),
+            event_id: env.event_id.clone(),
+            opened_at_ms: now,
+            deadline_ms: now + h.config.kore_async_deadline.as_millis() as i64,
+            deliveries: 0,
+        };
+        h.turns.open(kore_user, &turn).await?;
     }
     let now_s = h.now_ms() / 1000;
     let result = shared::retry::retry(
@@ -196,6 +319,9 @@ async fn ask_bot(
         }
         Err(e) => {
             h.breaker.record_failure();
+            if asynchronous {
+                h.turns.close(kore_user, &env.event_id).await?;
+            }
             tracing::error!(error = %e, "kore.ai could not answer; handing off");
             Ok(Asked::Failed(match e.status() {
                 Some(status) => format!("Kore.ai answered {status}"),

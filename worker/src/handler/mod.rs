@@ -17,11 +17,12 @@ use crate::breaker::Breaker;
 use crate::config::{EventKind, WorkerConfig};
 use crate::conversation::Conversations;
 use crate::dead_letter::{self, DeadLetter};
+use crate::delivery::Delivery;
 use crate::error::WorkerError;
-use crate::khoros_steps::{StepFailure, StepRunner};
-use crate::progress::{Claim, Progress, ProgressStore};
+use crate::identity::KoreIdentity;
+use crate::progress::{Claim, ProgressStore, Tracked};
 use crate::reply::{PlanContext, Step};
-use crate::telemetry;
+use crate::turns::Turns;
 
 /// One delivery, with what the ingress put in its headers.
 #[derive(Debug, Clone)]
@@ -30,12 +31,17 @@ pub struct Envelope {
     pub subject: String,
     pub stream_sequence: u64,
     pub delivered: i64,
-    /// The dedup id (`Nats-Msg-Id`), or `seq-<n>` for messages stored without one.
+    /// The event's id: `Bridge-Event-Id` of a replayed dead letter, else the dedup id
+    /// (`Nats-Msg-Id`), else `<type>-seq-<n>`. Progress is keyed by it.
     pub event_id: String,
     pub request_id: Option<String>,
     /// Digest of the request's HMAC signature (the ingress sets it), to drop replays.
     pub signature_digest: Option<String>,
     pub received_at_ms: Option<i64>,
+    /// When JetStream stored it, epoch ms.
+    pub stored_at_ms: i64,
+    /// Set on a worker's own turn-deadline marker (`crate::turns`).
+    pub turn_deadline_ms: Option<i64>,
     pub payload: Bytes,
 }
 
@@ -54,8 +60,10 @@ pub struct Handlers {
     pub js: jetstream::Context,
     pub progress: ProgressStore,
     pub conversations: Conversations,
-    pub runner: StepRunner,
+    pub turns: Turns,
+    pub delivery: Delivery,
     pub kore: KoreClient,
+    pub identity: KoreIdentity,
     pub breaker: Breaker,
 }
 
@@ -65,7 +73,10 @@ impl Handlers {
         self: &Arc<Self>,
         env: &Envelope,
     ) -> Result<(Settle, &'static str), WorkerError> {
-        if self.config.max_deliver > 1 && env.delivered >= self.config.max_deliver {
+        if self.config.max_deliver > 1
+            && env.delivered >= self.config.max_deliver
+            && env.turn_deadline_ms.is_none()
+        {
             // The last allowed delivery: every earlier one crashed or timed out. JetStream would
             // silently stop redelivering after this one, so park the event where people look.
             self.dead_letter(
@@ -138,6 +149,7 @@ impl Handlers {
             attempts,
             failed_at_ms: self.now_ms(),
             event,
+            truncated: false,
         };
         dead_letter::publish(&self.js, env.kind.as_str(), &letter).await
     }
@@ -159,16 +171,16 @@ impl Handlers {
         }
     }
 
-    /// [`Self::deliver`], then remembers that the bot replied (and tagged) in the conversation.
+    /// [`Self::deliver`] of a reply, then remembers that the bot replied (and tagged).
     pub async fn deliver_reply(
         &self,
         env: &Envelope,
-        progress: &mut Progress,
+        tracked: &mut Tracked,
         steps: &[Step],
         conversation_key: &str,
         first_reply: bool,
     ) -> Result<Settle, WorkerError> {
-        let settle = self.deliver(env, progress, steps, conversation_key).await?;
+        let settle = self.deliver(env, tracked, steps, conversation_key).await?;
         if settle == Settle::Ack
             && first_reply
             && steps.iter().any(|s| matches!(s, Step::Respond(_)))
@@ -178,85 +190,5 @@ impl Handlers {
                 .await?;
         }
         Ok(settle)
-    }
-
-    /// Runs the planned steps from where `progress` left off, recording each one, then marks
-    /// the event done. A step that finally fails dead-letters the event.
-    pub async fn deliver(
-        &self,
-        env: &Envelope,
-        progress: &mut Progress,
-        steps: &[Step],
-        conversation_key: &str,
-    ) -> Result<Settle, WorkerError> {
-        while progress.steps_done < steps.len() {
-            let index = progress.steps_done;
-            let step = &steps[index];
-            let unsure = progress.in_flight == Some(index);
-            let skip = match step {
-                // A crash hit while this reply was being sent: ask Khoros whether it arrived.
-                Step::Respond(body) if unsure => match self.runner.already_sent(body).await {
-                    Some(sent) => sent,
-                    None => {
-                        tracing::warn!(
-                            step = index,
-                            "cannot tell whether the reply was sent; not sending it twice"
-                        );
-                        true
-                    }
-                },
-                _ => false,
-            };
-            if !skip {
-                progress.in_flight = Some(index);
-                self.progress.save(&env.event_id, progress).await?;
-                if let Err(failure) = self.runner.run(step).await {
-                    return self.fail_step(env, progress, failure).await;
-                }
-            }
-            if let Step::Handoff(_) = step {
-                let now = self.now_ms();
-                self.conversations
-                    .modify(conversation_key, |r| {
-                        r.owner = Some(shared::event::Owner::agent());
-                        r.owner_updated_at_ms = now;
-                    })
-                    .await?;
-            }
-            progress.steps_done = index + 1;
-            progress.in_flight = None;
-            if progress.steps_done < steps.len() {
-                self.progress.save(&env.event_id, progress).await?;
-            }
-        }
-        progress.done = true;
-        self.progress.save(&env.event_id, progress).await?;
-        if let Some(received) = env.received_at_ms {
-            let seconds = (self.now_ms() - received).max(0) as f64 / 1000.0;
-            metrics::histogram!(telemetry::END_TO_END_SECONDS).record(seconds);
-        }
-        Ok(Settle::Ack)
-    }
-
-    async fn fail_step(
-        &self,
-        env: &Envelope,
-        progress: &mut Progress,
-        failure: StepFailure,
-    ) -> Result<Settle, WorkerError> {
-        self.dead_letter(
-            env,
-            failure.step,
-            &failure.status,
-            &failure.error,
-            &failure.body_excerpt,
-            failure.attempts + env.delivered.max(1) as u64 - 1,
-        )
-        .await?;
-        // Not `done`: a replay of the dead letter resumes at the failed step (the answer and the
-        // steps already sent are kept, so nothing is asked or sent twice).
-        progress.in_flight = None;
-        self.progress.save(&env.event_id, progress).await?;
-        Ok(Settle::Term)
     }
 }
