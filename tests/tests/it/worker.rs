@@ -413,6 +413,8 @@ async fn async_mode_replies_through_the_callback() {
         ..Default::default()
     };
     stack.kore.update_config(&patch).expect("post url");
+    // The worker does not mark its async turns yet; the ingress refuses deliveries without.
+    crate::helpers::mark_turn(&stack.nats, "user-12").await;
     stack.kore.script(
         "user-12",
         [Turn::texts([
