@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::auth::{Clock, SystemClock};
-use shared::topology::{self, Readiness, Resource, Topology};
+use shared::topology::{self, buckets, Readiness, Resource, Topology};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,19 +23,35 @@ use crate::body::BodyPolicy;
 use crate::config::IngressConfig;
 use crate::error::IngressError;
 use crate::intake::Intake;
-use crate::kore_callback::{self, CallbackAuth};
+use crate::kore_callback::{self, CallbackAuth, Turns};
 use crate::publish::Publisher;
 use crate::server::{self, ServerLimits};
 use crate::telemetry::{self, HotMetrics};
 
-/// The streams the ingress writes to; `/readyz` covers exactly these.
+/// The streams the ingress writes to; `/readyz` covers these, plus [`KORE_CALLBACK_NEEDS`]
+/// when the Kore.ai callback is on ([`needs`]).
 pub const NEEDS: [Resource; 2] = [Resource::Events, Resource::KoreReplies];
+/// What the Kore.ai callback reads: the bucket where the worker marks outstanding turns.
+pub const KORE_CALLBACK_NEEDS: [Resource; 1] = [Resource::Bucket(buckets::CONVERSATIONS)];
+
+/// The resources this configuration of the ingress uses.
+pub fn needs(config: &IngressConfig) -> Vec<Resource> {
+    let kore = config
+        .kore_callback
+        .is_some()
+        .then_some(KORE_CALLBACK_NEEDS);
+    NEEDS
+        .into_iter()
+        .chain(kore.into_iter().flatten())
+        .collect()
+}
 
 /// Shared by every request handler (behind an `Arc`: axum clones the state per request).
 struct AppState {
     intake: Intake,
     metrics: HotMetrics,
     kore_callback: Option<CallbackAuth>,
+    turns: Turns,
     partitions: u32,
 }
 
@@ -51,6 +67,7 @@ pub struct App {
     background: CancellationToken,
     keeper: tokio::task::JoinHandle<()>,
     payload_watch: tokio::task::JoinHandle<()>,
+    turn_opener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -75,8 +92,11 @@ impl App {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.publish_timeout);
         let background = CancellationToken::new();
-        let (readiness, keeper) =
-            Topology::new(config.topology.clone()).keep(js.clone(), &NEEDS, background.clone());
+        let (readiness, keeper) = Topology::new(config.topology.clone()).keep(
+            js.clone(),
+            &needs(&config),
+            background.clone(),
+        );
         let body = BodyPolicy::new(
             config.max_body_bytes,
             config.body_read_timeout,
@@ -88,6 +108,11 @@ impl App {
             body.max_payload(),
             background.clone(),
         ));
+        let turns = Turns::new(js.clone(), readiness.clone());
+        let turn_opener = config
+            .kore_callback
+            .is_some()
+            .then(|| tokio::spawn(turns.clone().open_when_ensured(background.clone())));
         let publisher = Publisher::new(js, readiness.clone(), metrics.clone());
         let state = AppState {
             intake: Intake::new(
@@ -99,6 +124,7 @@ impl App {
             ),
             metrics,
             kore_callback: config.kore_callback.clone(),
+            turns,
             partitions: config.topology.partitions,
         };
         let router = Router::new()
@@ -120,6 +146,7 @@ impl App {
             background,
             keeper,
             payload_watch,
+            turn_opener,
         })
     }
 
@@ -162,6 +189,9 @@ impl App {
         self.background.cancel();
         let _ = self.keeper.await;
         let _ = self.payload_watch.await;
+        if let Some(task) = self.turn_opener {
+            let _ = task.await;
+        }
         shared::topology::flush_at_shutdown(&self.client).await;
         if let Some(task) = metrics {
             task.abort();
@@ -266,7 +296,11 @@ fn log_failure(error: &IngressError, request_id: Option<&HeaderValue>) {
     }
 }
 
-/// Kore.ai's asynchronous delivery: authenticate with the channel token, store, answer 200.
+/// The 403 body of [`IngressError::NoTurn`] (the callback's error bodies are `&'static str`).
+const NO_TURN: &str = "no bot turn is outstanding for this user";
+
+/// Kore.ai's asynchronous delivery: authenticate with the channel token, check that a bot turn
+/// is outstanding for its user, store, answer 200 (also for a duplicate: it is stored).
 async fn receive_kore_delivery(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let received_at_ms = SystemClock.now_ms();
     let result = async {
@@ -290,15 +324,20 @@ async fn receive_kore_delivery(State(state): State<Arc<AppState>>, request: Requ
         let body = policy.read(request.into_body()).await.map_err(too_large)?;
         match kore_callback::store(
             state.intake.publisher(),
+            &state.turns,
             state.partitions,
             body,
             received_at_ms,
         )
         .await
         {
-            Ok(_) => Ok(()),
+            Ok(stored) => Ok(stored.duplicate),
             Err(IngressError::BadRequest(_)) => {
                 Err((StatusCode::BAD_REQUEST, "body is not a JSON object"))
+            }
+            Err(e @ IngressError::NoTurn) => {
+                tracing::warn!("kore.ai delivery refused: {e}");
+                Err((e.status(), NO_TURN))
             }
             Err(e) => {
                 tracing::error!(error = %e, "kore.ai delivery not stored");
@@ -311,7 +350,11 @@ async fn receive_kore_delivery(State(state): State<Arc<AppState>>, request: Requ
     }
     .await;
     let (status, outcome, message) = match result {
-        Ok(()) => (StatusCode::OK, "stored", "ok"),
+        Ok(false) => (StatusCode::OK, "stored", "ok"),
+        Ok(true) => {
+            tracing::info!("kore.ai delivery already stored (duplicate)");
+            (StatusCode::OK, "duplicate", "ok")
+        }
         Err((status, message)) => (
             status,
             status.canonical_reason().unwrap_or("error"),

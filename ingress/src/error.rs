@@ -16,6 +16,9 @@ pub enum IngressError {
     TooLarge { limit: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A Kore.ai delivery for a user with no bot turn outstanding (or no usable `to`).
+    #[error("no bot turn is outstanding for this user")]
+    NoTurn,
     /// The body did not arrive within `BODY_READ_TIMEOUT`.
     #[error("body not received within {0:?}")]
     BodyTimeout(Duration),
@@ -34,6 +37,7 @@ impl IngressError {
             IngressError::Unauthorized(_) => "unauthorized",
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
+            IngressError::NoTurn => "no_turn",
             IngressError::BodyTimeout(_) => "timeout",
             IngressError::Busy => "busy",
             IngressError::Unavailable(_) => "unavailable",
@@ -45,6 +49,7 @@ impl IngressError {
             IngressError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::NoTurn => StatusCode::FORBIDDEN,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Busy | IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -1,17 +1,30 @@
 //! `POST /kore/callback`: Kore.ai's asynchronous deliveries
-//! (`docs/vendors/kore-webhook-channel.md`), authenticated with the channel's access token and stored on `kore.replies.<partition>` for the workers.
+//! (`docs/vendors/kore-webhook-channel.md`, "Deliveries"), authenticated with the channel's
+//! access token and stored on `kore.replies.<partition>` for the workers.
 //!
-//! The partition is a hash of the delivery's `to` (the Kore user id), so one user's replies
-//! are handled in order. A delivery without `to` is still stored (on partition 0): the worker
-//! dead-letters it, so it is visible instead of lost.
+//! - Only for a Kore user with a bot turn outstanding: the worker marks each async turn in
+//!   `bridge_conversations` under [`shared::kore::turn_key`]. A delivery without `to`, with a
+//!   `to` that cannot be a key, or without such a mark is refused (403) and not stored: the
+//!   token alone would let anyone who holds it write into any conversation.
+//! - Stored with `Nats-Msg-Id` = `kore-<sha256 of the body>`, so a delivery posted twice within
+//!   the duplicate window is stored once (identical V1 deliveries, which carry no timestamp,
+//!   collapse too).
+//! - The partition is a hash of `to`, so one user's replies are handled in order.
 
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap as NatsHeaders;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::Deserialize;
 use shared::auth::{constant_time_eq, AuthFailure};
-use shared::routing::{headers, ConversationKey, KORE_REPLIES_PREFIX};
+use shared::kore;
+use shared::routing::{headers, kore_delivery_message_id, ConversationKey, KORE_REPLIES_PREFIX};
+use shared::topology::{buckets, Readiness};
 use shared::Secret;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::IngressError;
 use crate::publish::{Publisher, Stored};
@@ -54,28 +67,79 @@ struct Recipient {
     to: Option<String>,
 }
 
-/// Stores one delivery; the body is kept byte for byte.
+/// The `bridge_conversations` bucket, where the worker marks outstanding turns. Each event
+/// loop has its own (on its own NATS connection).
+#[derive(Clone)]
+pub struct Turns {
+    js: jetstream::Context,
+    readiness: Readiness,
+    store: Arc<OnceCell<kv::Store>>,
+}
+
+impl Turns {
+    pub fn new(js: jetstream::Context, readiness: Readiness) -> Self {
+        Self {
+            js,
+            readiness,
+            store: Arc::default(),
+        }
+    }
+
+    /// Opens the bucket once the topology keeper has ensured it, so the first delivery finds
+    /// it open. A delivery that comes earlier opens it itself (or gets 503).
+    pub async fn open_when_ensured(self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.readiness.ensured() => {
+                if let Err(e) = self.store().await {
+                    tracing::warn!(error = %e, "turn bucket not open yet");
+                }
+            }
+        }
+    }
+
+    async fn store(&self) -> Result<&kv::Store, IngressError> {
+        self.store
+            .get_or_try_init(|| self.js.get_key_value(buckets::CONVERSATIONS))
+            .await
+            .map_err(|e| IngressError::Unavailable(format!("turn bucket: {e}")))
+    }
+
+    /// Whether the worker marked a turn outstanding for `to`.
+    async fn outstanding(&self, to: Option<&str>) -> Result<bool, IngressError> {
+        let Some(key) = to.and_then(kore::turn_key) else {
+            return Ok(false);
+        };
+        let entry = self.store().await?.get(key).await.map_err(|e| {
+            self.readiness.nudge();
+            IngressError::Unavailable(format!("turn bucket: {e}"))
+        })?;
+        Ok(entry.is_some())
+    }
+}
+
+/// Stores one delivery, byte for byte, when its user has a bot turn outstanding.
 pub async fn store(
     publisher: &Publisher,
+    turns: &Turns,
     partitions: u32,
     body: Bytes,
     received_at_ms: i64,
 ) -> Result<Stored, IngressError> {
     let recipient: Recipient = serde_json::from_slice(&body)
         .map_err(|e| IngressError::BadRequest(format!("body is not a JSON object: {e}")))?;
-    let partition = match &recipient.to {
-        Some(to) => ConversationKey {
-            network: "kore",
-            external_id: "",
-            author_id: to,
-        }
-        .partition(partitions),
-        None => {
-            tracing::error!("kore.ai delivery without `to`; stored for the dead letters");
-            0
-        }
-    };
+    let to = recipient.to.as_deref();
+    if !turns.outstanding(to).await? {
+        return Err(IngressError::NoTurn);
+    }
+    let partition = ConversationKey {
+        network: "kore",
+        external_id: "",
+        author_id: to.unwrap_or_default(),
+    }
+    .partition(partitions);
     let mut nats_headers = NatsHeaders::new();
+    nats_headers.insert(headers::MSG_ID, kore_delivery_message_id(&body).as_str());
     nats_headers.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
     publisher
         .publish(

@@ -10,7 +10,8 @@
 //! - [`config`]: `IngressConfig` from the environment.
 //! - [`app`]: `App::build` / `run_until_stopped`, the router and readiness.
 //! - [`intake`]: the request pipeline, from raw request to stored event.
-//! - [`kore_callback`]: `/kore/callback`, Kore.ai's asynchronous deliveries into `KORE_REPLIES`.
+//! - [`kore_callback`]: `/kore/callback`, Kore.ai's asynchronous deliveries into `KORE_REPLIES`,
+//!   for users with a bot turn outstanding, deduplicated by body hash.
 //! - [`server`]: the hardened listener (connection cap, header deadline, graceful drain).
 //! - [`body`]: reading bodies within a deadline, a size limit and a shared memory budget.
 //! - [`process`]: the process around the app: telemetry, configuration, runtime.

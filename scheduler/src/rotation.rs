@@ -453,7 +453,10 @@ mod tests {
         assert_eq!(AttemptStatus::of(&status(401)), AttemptStatus::ClientError);
         assert_eq!(AttemptStatus::of(&status(503)), AttemptStatus::ServerError);
         assert_eq!(AttemptStatus::of(&status(429)), AttemptStatus::ServerError);
-        let timeout = UpstreamError::Timeout { endpoint: "tokens" };
+        let timeout = UpstreamError::Timeout {
+            endpoint: "tokens",
+            retryable: true,
+        };
         assert_eq!(AttemptStatus::of(&timeout), AttemptStatus::TransportError);
         // 4xx never reach a second attempt, 5xx and transport errors do.
         assert!(!status(400).is_retryable());

@@ -1,5 +1,9 @@
 //! Client of the Kore.ai Webhook channel (`docs/vendors/kore-webhook-channel.md`): JWT signing,
-//! V1/V2 requests, sync and async modes, and parsing every answer shape into [`BotAnswer`].
+//! V1/V2 requests, sync and async modes, V2 polling, and parsing every answer shape into
+//! [`BotAnswer`].
+//!
+//! A turn is never resent once it may have reached Kore (a timeout, a 504): the bot could act
+//! twice. Polls only read, so they are retried like any GET.
 
 use std::time::Duration;
 
@@ -7,10 +11,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::{self, OnLostAnswer, UpstreamError};
 use crate::Secret;
 
 const API: &str = "kore";
+/// Opening a connection gives up sooner than the call, so a dead host is a connect error
+/// (retried) rather than a timeout (which, for a turn, is final).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest poll id or Kore user id put into a URL or a KV key.
+const MAX_ID_LEN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KoreVersion {
@@ -58,6 +67,53 @@ impl KoreConfig {
             None => base,
         }
     }
+
+    /// The V2 poll path. It has no `hookInstance` segment: polls of every channel instance
+    /// share it (`docs/vendors/kore-webhook-channel.md`, "Endpoints"). Only for a valid id.
+    pub fn poll_path(&self, poll_id: &str) -> String {
+        format!("/chatbot/v2/webhook/{}/poll/{poll_id}", self.bot_id)
+    }
+}
+
+/// A sync answer: the bot's messages so far and, in V2 with polling, the `pollId` under
+/// which the rest of the turn is collected (`docs/vendors/kore-webhook-channel.md`,
+/// "V2 polling").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncAnswer {
+    pub answer: BotAnswer,
+    pub poll_id: Option<String>,
+}
+
+/// What one poll found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Polled {
+    /// The slow part of the turn is still running: poll again later.
+    InProgress,
+    /// The next messages, with the next `pollId` when another slow part follows.
+    Ready(SyncAnswer),
+    /// Unknown, already collected, or not a poll id we would put in a URL: nothing more.
+    Gone,
+}
+
+/// `[A-Za-z0-9_-]{1,128}`: safe as a URL path segment and as a NATS KV key token.
+fn is_safe_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether a `pollId` may be put into the poll URL (Kore's ids are hex; the answer is
+/// untrusted input all the same).
+pub fn is_valid_poll_id(poll_id: &str) -> bool {
+    is_safe_id(poll_id)
+}
+
+/// The `bridge_conversations` key that marks a bot turn outstanding for a Kore user in async
+/// mode (written by the worker, checked by the ingress before it stores a delivery). `None`
+/// when the id cannot be a KV key token: no turn can be outstanding for it.
+pub fn turn_key(user_id: &str) -> Option<String> {
+    is_safe_id(user_id).then(|| format!("turn.{user_id}"))
 }
 
 /// One user turn to send to the bot.
@@ -164,43 +220,9 @@ fn item_from_value(value: &Value) -> Option<BotItem> {
     }
 }
 
-/// A sync answer, with the poll id of the rest of the turn when Kore.ai is still working.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SyncAnswer {
-    pub answer: BotAnswer,
-    pub poll_id: Option<String>,
-}
-
-/// What a V2 poll found.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Polled {
-    InProgress,
-    Ready(SyncAnswer),
-    /// Unknown or already collected.
-    Gone,
-}
-
-/// Poll ids go into a URL path: only a plain token is accepted.
-pub fn is_valid_poll_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The user id a Kore async delivery is addressed to (`to`).
 pub fn delivery_recipient(value: &Value) -> Option<&str> {
     value.get("to").and_then(Value::as_str)
-}
-
-fn sync_answer_v2(value: &Value) -> SyncAnswer {
-    SyncAnswer {
-        answer: BotAnswer::from_v2(value),
-        poll_id: value
-            .get("pollId")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    }
 }
 
 /// Claims of the channel JWT (`docs/vendors/kore-webhook-channel.md`, "Claims").
@@ -227,6 +249,7 @@ impl KoreClient {
     pub fn new(config: KoreConfig) -> Self {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(CONNECT_TIMEOUT))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("static reqwest configuration is valid");
@@ -286,36 +309,35 @@ impl KoreClient {
         })
     }
 
-    /// Sends a turn. Sync mode returns the answer; async mode returns `None` once Kore acked.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url.trim_end_matches('/'))
+    }
+
+    /// Sends a turn. Sync mode returns the answer (with V2's `pollId` when the turn goes on);
+    /// async mode returns `None` once Kore acknowledged.
+    ///
+    /// Never retryable once the turn may have reached Kore: a timeout, or a 504 (Kore gave up
+    /// on a sync turn it may still complete); resending could make the bot act twice
+    /// (`docs/vendors/kore-webhook-channel.md`, "Errors, limits and timeouts"). 429, other
+    /// 5xx and connections that could not be opened are retryable.
     pub async fn send(
         &self,
         turn: &UserTurn,
         now_s: i64,
     ) -> Result<Option<SyncAnswer>, UpstreamError> {
-        let url = format!(
-            "{}{}",
-            self.config.base_url.trim_end_matches('/'),
-            self.config.hook_path()
-        );
         let request = self
             .http
-            .post(url)
+            .post(self.url(&self.config.hook_path()))
             .bearer_auth(self.token_for(&turn.user_id, now_s))
             .json(&self.body(turn));
-        // 504 means Kore gave up on a sync turn it may still complete: resending could make
-        // the bot act twice (`docs/vendors/kore-webhook-channel.md`,
-        // "Errors, limits and timeouts"), so it is not retried; 429 and other 5xx are.
-        let (_, bytes) = upstream::send(API, "webhook", request, |s| {
+        let (_, bytes) = upstream::send_with(API, "webhook", request, OnLostAnswer::GiveUp, |s| {
             s == 429 || (s >= 500 && s != 504)
         })
         .await?;
         if self.config.mode == KoreMode::Async {
             return Ok(None);
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Decode {
-            endpoint: "webhook",
-            reason: e.to_string(),
-        })?;
+        let value = decode("webhook", &bytes)?;
         Ok(Some(match self.config.version {
             KoreVersion::V1 => SyncAnswer {
                 answer: BotAnswer::from_v1(&value),
@@ -325,7 +347,10 @@ impl KoreClient {
         }))
     }
 
-    /// `GET .../poll/{pollId}` for the rest of a V2 sync turn of `user_id`.
+    /// Collects the next part of a V2 sync turn (`docs/vendors/kore-webhook-channel.md`,
+    /// "V2 polling"), with the same user-bound JWT as the turn. An invalid `poll_id` is never
+    /// sent: [`Polled::Gone`]. Errors other than "No data found" are retryable as for any
+    /// GET (429, 5xx, timeouts, connection errors).
     pub async fn poll(
         &self,
         user_id: &str,
@@ -333,35 +358,63 @@ impl KoreClient {
         now_s: i64,
     ) -> Result<Polled, UpstreamError> {
         if !is_valid_poll_id(poll_id) {
+            tracing::warn!(
+                poll_id,
+                "kore.ai pollId not usable in a URL; treated as gone"
+            );
             return Ok(Polled::Gone);
         }
-        let url = format!(
-            "{}{}/poll/{poll_id}",
-            self.config.base_url.trim_end_matches('/'),
-            self.config.hook_path()
-        );
         let request = self
             .http
-            .get(url)
+            .get(self.url(&self.config.poll_path(poll_id)))
             .bearer_auth(self.token_for(user_id, now_s));
-        let bytes = match upstream::send(API, "poll", request, upstream::transient).await {
-            Ok((_, bytes)) => bytes,
-            Err(e) if e.status() == Some(400) => return Ok(Polled::Gone),
-            Err(e) => return Err(e),
-        };
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Decode {
-            endpoint: "poll",
-            reason: e.to_string(),
-        })?;
-        if value
-            .get("status")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("inprogress"))
-        {
-            return Ok(Polled::InProgress);
+        match upstream::send(API, "poll", request, upstream::transient).await {
+            Ok((_, bytes)) => Ok(polled(&decode("poll", &bytes)?)),
+            Err(e) if is_no_data_found(&e) => Ok(Polled::Gone),
+            Err(e) => Err(e),
         }
-        Ok(Polled::Ready(sync_answer_v2(&value)))
     }
+}
+
+fn decode(endpoint: &'static str, bytes: &[u8]) -> Result<Value, UpstreamError> {
+    serde_json::from_slice(bytes).map_err(|e| UpstreamError::Decode {
+        endpoint,
+        reason: e.to_string(),
+    })
+}
+
+fn sync_answer_v2(value: &Value) -> SyncAnswer {
+    SyncAnswer {
+        answer: BotAnswer::from_v2(value),
+        poll_id: value
+            .get("pollId")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned),
+    }
+}
+
+/// A 2xx poll answer: `{"status":"Inprogress",...}` or a normal V2 answer.
+fn polled(value: &Value) -> Polled {
+    let status = value.get("status").and_then(Value::as_str);
+    if status.is_some_and(|s| s.eq_ignore_ascii_case("inprogress")) {
+        Polled::InProgress
+    } else {
+        Polled::Ready(sync_answer_v2(value))
+    }
+}
+
+/// 400 `{"errors":[{"msg":"No data found",...}]}`: the poll id is unknown or was collected.
+fn is_no_data_found(error: &UpstreamError) -> bool {
+    error.status() == Some(400)
+        && serde_json::from_str::<Value>(error.body_excerpt())
+            .ok()
+            .and_then(|v| {
+                v.pointer("/errors/0/msg")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .is_some_and(|msg| msg.eq_ignore_ascii_case("no data found"))
 }
 
 #[cfg(test)]
@@ -369,8 +422,12 @@ mod tests {
     use super::*;
 
     fn client(version: KoreVersion, alg: Algorithm) -> KoreClient {
+        client_at("http://127.0.0.1:1", version, alg)
+    }
+
+    fn client_at(base_url: &str, version: KoreVersion, alg: Algorithm) -> KoreClient {
         KoreClient::new(KoreConfig {
-            base_url: "http://127.0.0.1:1".into(),
+            base_url: base_url.into(),
             bot_id: "st-1".into(),
             hook_instance: None,
             client_id: "cs-00000000-test-app".into(),
@@ -378,7 +435,7 @@ mod tests {
             algorithm: alg,
             version,
             mode: KoreMode::Sync,
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_millis(300),
         })
     }
 
@@ -473,5 +530,126 @@ mod tests {
                 .hook_path(),
             "/chatbot/v2/webhook/st-1"
         );
+    }
+
+    #[test]
+    fn ids_outside_the_safe_alphabet_are_refused() {
+        assert!(is_valid_poll_id("0123456789abcdef0123456789abcdef"));
+        assert!(is_valid_poll_id("A-z_9"));
+        assert!(is_valid_poll_id(&"a".repeat(128)));
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            "a.b",
+            "%2e",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_valid_poll_id(bad), "{bad:?}");
+            assert_eq!(turn_key(bad), None, "{bad:?}");
+        }
+        assert_eq!(turn_key("user-42").as_deref(), Some("turn.user-42"));
+        assert_eq!(turn_key("u.x"), None);
+        assert_eq!(turn_key("u*"), None);
+    }
+
+    #[test]
+    fn poll_answers_parse() {
+        assert_eq!(
+            polled(&json!({"status": "Inprogress", "pollId": "p1", "_v": "v2"})),
+            Polled::InProgress
+        );
+        let more = json!({"data": [{"type": "text", "val": "b"}], "_v": "v2", "pollId": "p2"});
+        assert_eq!(
+            polled(&more),
+            Polled::Ready(SyncAnswer {
+                answer: BotAnswer {
+                    items: vec![BotItem::Text("b".into())],
+                    ..Default::default()
+                },
+                poll_id: Some("p2".into()),
+            })
+        );
+        let last = polled(&json!({"data": [], "_v": "v2", "endOfTask": true}));
+        let Polled::Ready(last) = last else {
+            panic!("ready expected")
+        };
+        assert!(last.answer.end_of_task);
+        assert_eq!(last.poll_id, None);
+        let error = |msg: &str| UpstreamError::Status {
+            endpoint: "poll",
+            status: 400,
+            body: json!({"errors": [{"msg": msg, "code": 400}]}).to_string(),
+            retry_after: None,
+            retryable: false,
+        };
+        assert!(is_no_data_found(&error("No data found")));
+        assert!(!is_no_data_found(&error("Invalid Request Payload")));
+    }
+
+    #[test]
+    fn the_poll_path_has_no_hook_instance() {
+        let mut config = client(KoreVersion::V2, Algorithm::HS256).config().clone();
+        config.hook_instance = Some("inst-2".into());
+        assert_eq!(
+            config.hook_path(),
+            "/chatbot/v2/webhook/st-1/hookInstance/inst-2"
+        );
+        assert_eq!(config.poll_path("p1"), "/chatbot/v2/webhook/st-1/poll/p1");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_poll_id_is_never_sent() {
+        // Port 1 refuses connections: a request would fail, `Gone` proves none was made.
+        let polled = client(KoreVersion::V2, Algorithm::HS256)
+            .poll("u", "../../admin", 0)
+            .await
+            .unwrap();
+        assert_eq!(polled, Polled::Gone);
+    }
+
+    /// A server that accepts connections and reads, but never answers.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_turn_is_final_but_a_refused_connection_is_retried() {
+        use crate::retry::RetryClass;
+        let turn = UserTurn {
+            user_id: "u".into(),
+            text: "hi".into(),
+            ..Default::default()
+        };
+        let silent = client_at(&silent_server().await, KoreVersion::V2, Algorithm::HS256);
+        let timed_out = silent.send(&turn, 0).await.unwrap_err();
+        assert!(
+            matches!(timed_out, UpstreamError::Timeout { .. }),
+            "{timed_out:?}"
+        );
+        assert!(!timed_out.is_retryable());
+        let poll = silent.poll("u", "p1", 0).await.unwrap_err();
+        assert!(matches!(poll, UpstreamError::Timeout { .. }), "{poll:?}");
+        assert!(poll.is_retryable());
+
+        let refused = client(KoreVersion::V2, Algorithm::HS256)
+            .send(&turn, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, UpstreamError::Connect { .. }),
+            "{refused:?}"
+        );
+        assert!(refused.is_retryable());
     }
 }

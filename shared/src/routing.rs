@@ -145,6 +145,12 @@ pub fn body_message_id(body: &[u8]) -> String {
     format!("body-{}", hex(&Sha256::digest(body)))
 }
 
+/// Dedup id of a Kore.ai async delivery (which carries no id of its own): the same body
+/// posted twice within the duplicate window is stored once.
+pub fn kore_delivery_message_id(body: &[u8]) -> String {
+    format!("kore-{}", hex(&Sha256::digest(body)))
+}
+
 /// Lower-case hex of some bytes (table lookup: it sits on the ingress' hot path).
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -25,8 +25,13 @@ pub enum UpstreamError {
         retry_after: Option<Duration>,
         retryable: bool,
     },
+    /// No answer in time after the request may have left: retryable only where resending is
+    /// harmless ([`OnLostAnswer`]).
     #[error("{endpoint} timed out")]
-    Timeout { endpoint: &'static str },
+    Timeout {
+        endpoint: &'static str,
+        retryable: bool,
+    },
     #[error("{endpoint} connection failed: {reason}")]
     Connect {
         endpoint: &'static str,
@@ -68,8 +73,10 @@ impl UpstreamError {
 impl RetryClass for UpstreamError {
     fn is_retryable(&self) -> bool {
         match self {
-            UpstreamError::Status { retryable, .. } => *retryable,
-            UpstreamError::Timeout { .. } | UpstreamError::Connect { .. } => true,
+            UpstreamError::Status { retryable, .. } | UpstreamError::Timeout { retryable, .. } => {
+                *retryable
+            }
+            UpstreamError::Connect { .. } => true,
             UpstreamError::Decode { .. } => false,
         }
     }
@@ -81,12 +88,34 @@ impl RetryClass for UpstreamError {
     }
 }
 
-/// Sends a request, records metrics, and turns a non-2xx into [`UpstreamError::Status`]
-/// whose retryability `retryable(status)` decides.
+/// What a call whose answer was lost (a timeout once the request may have left) may have
+/// done, and so whether it is sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnLostAnswer {
+    /// Sending again is harmless: the timeout is retried.
+    Resend,
+    /// The call may have acted (a Kore.ai turn): the timeout is final. A connection that
+    /// could not even be opened is still retried.
+    GiveUp,
+}
+
+/// [`send_with`] for endpoints whose timeouts are retried ([`OnLostAnswer::Resend`]).
 pub async fn send(
     api: &'static str,
     endpoint: &'static str,
     request: reqwest::RequestBuilder,
+    retryable: impl Fn(u16) -> bool,
+) -> Result<(u16, bytes::Bytes), UpstreamError> {
+    send_with(api, endpoint, request, OnLostAnswer::Resend, retryable).await
+}
+
+/// Sends a request, records metrics, and turns a non-2xx into [`UpstreamError::Status`]
+/// whose retryability `retryable(status)` decides; a timeout is retryable as `on_lost` says.
+pub async fn send_with(
+    api: &'static str,
+    endpoint: &'static str,
+    request: reqwest::RequestBuilder,
+    on_lost: OnLostAnswer,
     retryable: impl Fn(u16) -> bool,
 ) -> Result<(u16, bytes::Bytes), UpstreamError> {
     let started = Instant::now();
@@ -94,7 +123,7 @@ pub async fn send(
         let response = request
             .send()
             .await
-            .map_err(|e| transport_error(endpoint, &e))?;
+            .map_err(|e| transport_error(endpoint, on_lost, &e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -105,7 +134,7 @@ pub async fn send(
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(endpoint, &e))?;
+            .map_err(|e| transport_error(endpoint, on_lost, &e))?;
         if (200..300).contains(&status) {
             Ok((status, body))
         } else {
@@ -130,9 +159,17 @@ pub async fn send(
     result
 }
 
-fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
-        UpstreamError::Timeout { endpoint }
+fn transport_error(
+    endpoint: &'static str,
+    on_lost: OnLostAnswer,
+    e: &reqwest::Error,
+) -> UpstreamError {
+    // A connect failure, timed out or not, means the request never left.
+    if e.is_timeout() && !e.is_connect() {
+        UpstreamError::Timeout {
+            endpoint,
+            retryable: on_lost == OnLostAnswer::Resend,
+        }
     } else {
         UpstreamError::Connect {
             endpoint,

@@ -42,7 +42,7 @@ const ERROR_LIMIT: usize = 1024;
 impl DeadLetter {
     /// Serialises the letter within `limit` bytes, truncating the error text and, if still too
     /// large, the event (so a dead letter can always be written and its conversation moves on).
-    fn to_bytes_within(&mut self, limit: usize) -> Vec<u8> {
+    fn fit_into(&mut self, limit: usize) -> Vec<u8> {
         if self.error.len() > ERROR_LIMIT {
             let mut cut = ERROR_LIMIT;
             while !self.error.is_char_boundary(cut) {
@@ -82,7 +82,7 @@ pub async fn publish(
     } else {
         max_payload
     };
-    let payload = letter.clone().to_bytes_within(limit.saturating_sub(1024));
+    let payload = letter.clone().fit_into(limit.saturating_sub(1024));
     js.publish(subject, payload.into())
         .await
         .map_err(WorkerError::infra)?
@@ -185,13 +185,13 @@ mod tests {
             event: Value::String("\"x".repeat(400_000)),
             ..Default::default()
         };
-        let bytes = letter.to_bytes_within(100_000);
+        let bytes = letter.fit_into(100_000);
         assert!(bytes.len() <= 100_000, "{}", bytes.len());
         let back: DeadLetter = serde_json::from_slice(&bytes).unwrap();
         assert!(back.truncated);
         assert_eq!(back.error.len(), ERROR_LIMIT);
         let mut small = DeadLetter::default();
-        let bytes = small.to_bytes_within(100_000);
+        let bytes = small.fit_into(100_000);
         assert!(
             !serde_json::from_slice::<DeadLetter>(&bytes)
                 .unwrap()

@@ -37,9 +37,10 @@ pub struct DeadlineMarker {
     pub event_id: String,
 }
 
-/// The KV key of a user's turn (Kore user ids are `kb-<hex>`, inside the KV alphabet).
+/// The KV key of a user's turn, as the ingress looks it up (`shared::kore::turn_key`; the
+/// worker's own `kb-<hex>` ids are always inside the key alphabet).
 pub fn turn_key(kore_user: &str) -> String {
-    format!("turn.{kore_user}")
+    shared::kore::turn_key(kore_user).unwrap_or_else(|| "turn.invalid".to_string())
 }
 
 /// The `kore.replies.<partition>` subject of a user, as the ingress computes it.

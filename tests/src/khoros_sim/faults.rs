@@ -1,6 +1,13 @@
 //! Fault injection per gateway route: forced statuses, added latency, dropped connections,
 //! for the next N calls and/or a percentage of calls.
 //!
+//! By default a fault strikes before the call is processed: nothing happens and the client
+//! gets the fault. With `"after": true` the call is carried out first (its effect happens and
+//! its request-log record is written with the real outcome), and only then is the answer
+//! spoiled: `latencyMs` is waited, `status` replaces the real answer, `drop` closes the
+//! connection. This models "the call succeeded and the answer was lost", which is what makes
+//! a blind resend of `/respond` reach the customer twice.
+//!
 //! Route names: `respond`, `control` (PUT), `control_get`, `tag` (tag and tag/remove),
 //! `priority`, `note`, `workqueue`, `resolve`, `authors`, `request`, `tokens` (refresh and
 //! DELETE), `health`, `token_create` (the Care instance host of
@@ -32,7 +39,8 @@ pub const ROUTES: &[&str] = &[
 /// One rule. JSON (`POST /sim/faults`):
 /// `{"route":"respond","status":503,"times":2}`,
 /// `{"route":"respond","status":429,"retryAfterSecs":3}`,
-/// `{"route":"control","latencyMs":1500,"percent":50}`, `{"route":"tag","drop":true,"times":1}`.
+/// `{"route":"control","latencyMs":1500,"percent":50}`, `{"route":"tag","drop":true,"times":1}`,
+/// `{"route":"respond","status":503,"after":true,"times":1}` (sent, but the client sees 503).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
@@ -53,6 +61,9 @@ pub struct Fault {
     /// Close the connection without any response.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop: bool,
+    /// Strike after the call was carried out (see the module doc), not before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after: bool,
     /// Apply to this many calls, then disappear; `None` = until cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
@@ -70,6 +81,7 @@ impl Fault {
             message: None,
             latency_ms: None,
             drop: false,
+            after: false,
             times: None,
             percent: None,
         }
@@ -97,6 +109,12 @@ impl Fault {
             drop: true,
             ..Self::new(route)
         }
+    }
+
+    /// Lets the call take effect first and spoils only its answer.
+    pub fn after(mut self) -> Self {
+        self.after = true;
+        self
     }
 
     pub fn times(mut self, n: u32) -> Self {
@@ -171,11 +189,13 @@ pub struct FaultView {
 pub struct Applied {
     pub latency: Option<Duration>,
     pub outcome: Outcome,
+    /// Carry the call out first, then wait the latency and apply the outcome to its answer.
+    pub after: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Handle the call normally (after the latency).
+    /// Handle the call normally (after the latency, or before it with `after`).
     Proceed,
     Status {
         status: u16,
@@ -252,6 +272,7 @@ impl FaultSet {
         Some(Applied {
             latency: fault.latency_ms.map(Duration::from_millis),
             outcome,
+            after: fault.after,
         })
     }
 }
@@ -277,6 +298,24 @@ mod tests {
         set.add(Fault::drop_connection("*").percent(30)).unwrap();
         assert_eq!(set.pick("tag", 29).unwrap().outcome, Outcome::Drop);
         assert!(set.pick("tag", 30).is_none());
+    }
+
+    #[test]
+    fn after_is_carried_to_the_gateway() {
+        let mut set = FaultSet::default();
+        let fault: Fault =
+            serde_json::from_str(r#"{"route":"respond","status":503,"after":true,"times":1}"#)
+                .unwrap();
+        assert_eq!(fault, Fault::status("respond", 503).after().times(1));
+        set.add(fault).unwrap();
+        let applied = set.pick("respond", 0).unwrap();
+        assert!(applied.after);
+        assert!(matches!(
+            applied.outcome,
+            Outcome::Status { status: 503, .. }
+        ));
+        assert!(set.add(Fault::latency("tag", Duration::ZERO)).is_ok());
+        assert!(!set.pick("tag", 0).unwrap().after);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! One middleware wraps all routes: it assigns the `x-amzn-RequestId`, applies injected
 //! faults, checks the bearer token against the token table, and logs the call (origin `BOT`)
-//! for `GET /bots/v3/request/{id}`. Handlers parse bodies themselves so malformed JSON gets
+//! for `GET /bots/v3/request/{id}`. A fault with `after` is applied once the call was carried
+//! out and logged, to the answer only. Handlers parse bodies themselves so malformed JSON gets
 //! the 400 shape of `docs/vendors/khoros-bot-api-v3.md` ("Error bodies") rather than axum's
 //! plain-text rejection.
 
@@ -23,7 +24,7 @@ use shared::event::{Author, Coordinate, Owner};
 
 use super::conversations::{ChangeSource, ConvKey, TAG_BOT_HANDOFF, TAG_STANDARD_HANDOFF};
 use super::error::ApiError;
-use super::faults::Outcome;
+use super::faults::{Applied, Outcome};
 use super::request_log::{parse_from, Origin, RequestRecord, RequestState};
 use super::state::Shared;
 
@@ -92,22 +93,35 @@ pub fn route_name(method: &Method, path: &str) -> &'static str {
 
 /// What fault injection decided for a call.
 pub enum Gate {
-    Pass,
+    /// Carry the call out; `then` (a fault with `after`) spoils its answer afterwards.
+    Pass {
+        then: Option<Applied>,
+    },
     Respond(ApiError),
     Drop,
 }
 
-/// Applies the first matching fault of `route` (sleeping its latency first).
+/// Applies the first matching fault of `route`: a fault striking before the call sleeps its
+/// latency here; one with `after` is handed back for [`spoil`].
 pub async fn fault_gate(shared: &Shared, route: &str) -> Gate {
     let roll = rand::random_range(0..100_u8);
     let Some(applied) = shared.with_state(|state| state.faults.pick(route, roll)) else {
-        return Gate::Pass;
+        return Gate::Pass { then: None };
     };
+    if applied.after {
+        return Gate::Pass {
+            then: Some(applied),
+        };
+    }
     if let Some(latency) = applied.latency {
         tokio::time::sleep(latency).await;
     }
-    match applied.outcome {
-        Outcome::Proceed => Gate::Pass,
+    spoiled(applied.outcome)
+}
+
+fn spoiled(outcome: Outcome) -> Gate {
+    match outcome {
+        Outcome::Proceed => Gate::Pass { then: None },
         Outcome::Status {
             status,
             retry_after_secs,
@@ -118,6 +132,22 @@ pub async fn fault_gate(shared: &Shared, route: &str) -> Gate {
             message,
         }),
         Outcome::Drop => Gate::Drop,
+    }
+}
+
+/// The answer the client gets for a call that was carried out, under a fault with `after`:
+/// its latency is waited now, then its status or drop replaces `response`.
+pub async fn spoil(then: Option<Applied>, response: Response, request_id: &str) -> Response {
+    let Some(applied) = then else {
+        return response;
+    };
+    if let Some(latency) = applied.latency {
+        tokio::time::sleep(latency).await;
+    }
+    match spoiled(applied.outcome) {
+        Gate::Pass { .. } => response,
+        Gate::Respond(error) => error.into_response_with(request_id),
+        Gate::Drop => dropped_connection(),
     }
 }
 
@@ -150,24 +180,28 @@ async fn bot_api_layer(
     };
 
     let mut caller = None;
+    let mut then = None;
     let response = match fault_gate(&shared, route).await {
         Gate::Drop => {
             log_call(&shared, &request_id, &method, &path, None, &body, None, b"");
             return dropped_connection();
         }
         Gate::Respond(error) => error.into_response_with(&request_id),
-        Gate::Pass => match authenticate(&shared, &parts.headers) {
-            Err(error) => error.into_response_with(&request_id),
-            Ok(app_id) => {
-                caller = Some(app_id.clone());
-                parts.extensions.insert(Ctx {
-                    request_id: request_id.clone(),
-                    app_id,
-                });
-                next.run(Request::from_parts(parts, Body::from(body.clone())))
-                    .await
+        Gate::Pass { then: after } => {
+            then = after;
+            match authenticate(&shared, &parts.headers) {
+                Err(error) => error.into_response_with(&request_id),
+                Ok(app_id) => {
+                    caller = Some(app_id.clone());
+                    parts.extensions.insert(Ctx {
+                        request_id: request_id.clone(),
+                        app_id,
+                    });
+                    next.run(Request::from_parts(parts, Body::from(body.clone())))
+                        .await
+                }
             }
-        },
+        }
     };
 
     // Buffer the (small) answer so its error text can go into the log record.
@@ -185,10 +219,14 @@ async fn bot_api_layer(
         Some(response_parts.status),
         &response_bytes,
     );
-    with_request_id(
+    // The log holds what really happened; only the client's answer is spoiled.
+    let response = spoil(
+        then,
         Response::from_parts(response_parts, Body::from(response_bytes)),
         &request_id,
     )
+    .await;
+    with_request_id(response, &request_id)
 }
 
 fn with_request_id(mut response: Response, request_id: &str) -> Response {

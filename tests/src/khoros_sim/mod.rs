@@ -19,7 +19,8 @@
 //! - [`sender`]: signed delivery, retries, automatic handoff, suspension and probes.
 //! - [`health`]: the rolling 2-minute health window and suspension rule.
 //! - [`request_log`]: records behind `GET /bots/v3/request/{id}`.
-//! - [`faults`]: per-route forced statuses, latency and dropped connections.
+//! - [`faults`]: per-route forced statuses, latency and dropped connections, striking before
+//!   the call or, with `after`, once it took effect (the answer is lost, the effect is not).
 //! - [`actions`]: author messages, closes, agent replies and control moves.
 //! - [`settings`]: what `/sim/settings` may change at run time.
 //! - [`inspect`]: the `/sim/*` inspection and control API.

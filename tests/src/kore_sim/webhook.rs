@@ -6,7 +6,8 @@
 //! A call goes: outage switch -> bot id -> JWT -> payload -> V2 `userIdentity` -> `jti`
 //! replay -> rate limit -> the bot's turn -> sync answer (or 504, or a `pollId`) or async
 //! acknowledgement plus queued deliveries. Each call is planned first (answer, how long to
-//! wait before giving it, deliveries to queue after), then waited for, then recorded.
+//! wait before giving it, deliveries to queue after), then waited for, then recorded, even
+//! when the client has gone meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -239,7 +240,16 @@ async fn poll(
     .await
 }
 
+/// Runs the call on its own task: a client that gives up (times out, hangs up) does not stop
+/// the turn, as on Kore's side, and the call is still recorded.
 async fn handle(state: Arc<State>, call: Call) -> Response {
+    match tokio::spawn(carry_out(state, call)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn carry_out(state: Arc<State>, call: Call) -> Response {
     let started = Instant::now();
     let received_at_ms = render::unix_millis();
     let config = state.config();

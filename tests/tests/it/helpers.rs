@@ -146,6 +146,20 @@ pub async fn jetstream(nats: &NatsServer) -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// Marks a bot turn outstanding for Kore user `user`, as the worker does in async mode, so the
+/// ingress accepts Kore.ai deliveries for it (key: `shared::kore::turn_key`).
+pub async fn mark_turn(nats: &NatsServer, user: &str) {
+    let key = shared::kore::turn_key(user).expect("a valid Kore user id");
+    jetstream(nats)
+        .await
+        .get_key_value(shared::topology::buckets::CONVERSATIONS)
+        .await
+        .expect("conversations bucket")
+        .put(key, r#"{"test":"turn"}"#.into())
+        .await
+        .expect("turn marked");
+}
+
 /// A message event for one author, as Khoros would send it.
 pub fn message_event(author: &str, text: &str) -> String {
     serde_json::json!({

@@ -6,11 +6,12 @@ use async_nats::jetstream::message::StreamMessage;
 use bridge_tests::nats_server::NatsServer;
 use bridge_tests::wait;
 use http::HeaderMap;
+use serde_json::json;
 use shared::auth::{Clock, SystemClock};
 use shared::routing::{headers, ConversationKey};
 use shared::topology::EVENTS_STREAM;
 
-use crate::helpers::{jetstream, message_event, TestIngress, HMAC_KEY};
+use crate::helpers::{jetstream, mark_turn, message_event, TestIngress, HMAC_KEY};
 
 /// Every message in the events stream, in order.
 async fn stored(nats: &NatsServer) -> Vec<StreamMessage> {
@@ -476,4 +477,125 @@ async fn a_full_events_stream_refuses_new_events_and_keeps_old_ones() {
         .filter_map(|m| header(m, headers::MSG_ID))
         .collect();
     assert_eq!(ids, accepted, "the first events are all still there");
+}
+
+const KORE_TOKEN: &str = "kore-callback-token";
+
+/// Every message in the Kore.ai replies stream, in order.
+async fn kore_replies(nats: &NatsServer) -> Vec<StreamMessage> {
+    let stream = jetstream(nats)
+        .await
+        .get_stream(shared::topology::KORE_REPLIES_STREAM)
+        .await
+        .expect("kore replies stream exists");
+    let info = stream.get_info().await.expect("stream info");
+    let mut out = Vec::new();
+    if info.state.messages > 0 {
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            out.push(stream.get_raw_message(seq).await.expect("stored delivery"));
+        }
+    }
+    out
+}
+
+/// POSTs a Kore.ai delivery with the callback token; returns status and JSON body.
+async fn deliver(ingress: &TestIngress, body: &str) -> (u16, serde_json::Value) {
+    let response = ingress
+        .http
+        .post(format!("{}/kore/callback", ingress.base))
+        .bearer_auth(KORE_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// A Kore.ai delivery is stored only for a user with a bot turn outstanding: no `to`, a `to`
+/// that cannot be a KV key, or no turn mark: 403 and nothing stored; with the mark: 200 and
+/// stored with its content-hash `Nats-Msg-Id`. `/readyz` covers the turn bucket.
+#[tokio::test]
+async fn kore_delivery_needs_an_outstanding_turn() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("KORE_CALLBACK_TOKEN", KORE_TOKEN)]).await;
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", ingress.ops))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["resources"]["bridge_conversations"], true, "{ready}");
+
+    let refused = json!({"error": "no bot turn is outstanding for this user"});
+    for body in [
+        json!({"text": "no recipient", "from": "st-1"}),
+        json!({"text": "bad id", "to": "user.7", "from": "st-1"}),
+        json!({"text": "no turn", "to": "user-7", "from": "st-1"}),
+    ] {
+        let (status, answer) = deliver(&ingress, &body.to_string()).await;
+        assert_eq!((status, &answer), (403, &refused), "{body}");
+    }
+    assert!(kore_replies(&nats).await.is_empty());
+
+    mark_turn(&nats, "user-7").await;
+    let body =
+        json!({"to": "user-7", "data": [{"type": "text", "val": "hi"}], "_v": "v2"}).to_string();
+    let (status, answer) = deliver(&ingress, &body).await;
+    assert_eq!((status, answer), (200, json!({"status": "ok"})));
+    let stored = kore_replies(&nats).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload.as_ref(), body.as_bytes());
+    assert_eq!(
+        header(&stored[0], headers::MSG_ID),
+        Some(shared::routing::kore_delivery_message_id(body.as_bytes()))
+    );
+    let partition = ConversationKey {
+        network: "kore",
+        external_id: "",
+        author_id: "user-7",
+    }
+    .partition(256);
+    assert_eq!(
+        stored[0].subject.as_str(),
+        format!("kore.replies.{partition}")
+    );
+}
+
+/// The same delivery posted twice inside the duplicate window is stored once; both posts
+/// are answered 200 `{"status":"ok"}`.
+#[tokio::test]
+async fn kore_delivery_posted_twice_is_stored_once() {
+    let nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("KORE_CALLBACK_TOKEN", KORE_TOKEN)]).await;
+    mark_turn(&nats, "user-8").await;
+    let body = json!({"text": "Anything else?", "to": "user-8", "from": "st-1"}).to_string();
+    for _ in 0..2 {
+        let (status, answer) = deliver(&ingress, &body).await;
+        assert_eq!((status, answer), (200, json!({"status": "ok"})));
+    }
+    let other = json!({"text": "Bye.", "to": "user-8", "from": "st-1"}).to_string();
+    assert_eq!(deliver(&ingress, &other).await.0, 200);
+    let stored = kore_replies(&nats).await;
+    let payloads: Vec<_> = stored.iter().map(|m| m.payload.as_ref()).collect();
+    assert_eq!(payloads, [body.as_bytes(), other.as_bytes()]);
+}
+
+/// Without NATS the turn cannot be checked: 503 (Kore.ai may retry), nothing is lost.
+#[tokio::test]
+async fn kore_delivery_without_nats_is_503() {
+    let mut nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("KORE_CALLBACK_TOKEN", KORE_TOKEN)]).await;
+    mark_turn(&nats, "user-9").await;
+    nats.stop();
+    let body = json!({"text": "hi", "to": "user-9", "from": "st-1"}).to_string();
+    let (status, answer) = deliver(&ingress, &body).await;
+    assert_eq!(status, 503, "{answer}");
+    nats.restart();
+    wait::until(Duration::from_secs(10), "the delivery stored", || async {
+        (deliver(&ingress, &body).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(kore_replies(&nats).await.len(), 1);
 }

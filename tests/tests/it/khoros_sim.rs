@@ -857,6 +857,77 @@ async fn fault_injection() {
     assert_eq!(states, ["503", "503", "200", "429", "200", "NONE"]);
 }
 
+/// A fault with `after` strikes once the call took effect: the client sees 503, yet the
+/// message was sent once and the request log lists it as SUCCESS with its payload.
+#[tokio::test]
+async fn fault_after_the_call_took_effect() {
+    let sim = start(config()).await;
+    let added = call(
+        &sim,
+        reqwest::Method::POST,
+        "/sim/faults",
+        None,
+        Some(json!({"route": "respond", "status": 503, "after": true, "times": 1})),
+    )
+    .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+
+    let body = respond_body("u-after", "sent though lost");
+    let answer = call(
+        &sim,
+        reqwest::Method::POST,
+        "/bots/v3/respond",
+        Some(TOKEN),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.body,
+        json!({"error": {"messages": ["Service Unavailable"]}, "requestId": answer.request_id})
+    );
+
+    let sent = call(
+        &sim,
+        reqwest::Method::GET,
+        "/sim/messages/u-after",
+        None,
+        None,
+    )
+    .await;
+    let texts: Vec<_> = sent
+        .body
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("sent though lost")], "{}", sent.body);
+
+    let log = call(
+        &sim,
+        reqwest::Method::GET,
+        &format!("/bots/v3/request/appId/{APP}?origin=BOT"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(log.status, 200, "{}", log.body);
+    let record = log.body["data"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["id"] == answer.request_id.as_str())
+        .cloned()
+        .expect("the respond call is logged");
+    assert_eq!(record["state"], "SUCCESS");
+    let payload: Value =
+        serde_json::from_str(record["payload"].as_str().expect("payload")).expect("JSON");
+    assert_eq!(payload, body);
+    // The fault was used up: the next call is answered normally.
+    assert_eq!(respond(&sim, TOKEN, "u-after").await.status, 200);
+}
+
 /// The sender's HMAC v2 signature verifies with the bridge's own `HmacVerifier`; each
 /// tamper knob makes verification fail for its reason, and `x-smm-*` headers are signed.
 #[tokio::test]

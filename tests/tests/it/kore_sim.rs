@@ -13,6 +13,11 @@ use bridge_tests::kore_sim::{
 };
 use bridge_tests::wait;
 use serde_json::{json, Value};
+use shared::kore::{
+    BotItem, KoreClient, KoreConfig, KoreMode, KoreVersion, Polled, SyncAnswer, UserTurn,
+};
+use shared::retry::{retry, RetryClass, RetryPolicy};
+use shared::upstream::UpstreamError;
 use shared::Secret;
 use tokio::sync::mpsc;
 
@@ -585,6 +590,182 @@ async fn v2_polling_hands_out_slow_messages_once() {
             json!({ "errors": [ { "msg": "No data found", "code": 400 } ] })
         )
     );
+}
+
+/// The bridge's own Kore.ai client, pointed at `sim`.
+fn kore_client(
+    sim: &KoreSim,
+    mode: KoreMode,
+    hook_instance: Option<&str>,
+    timeout: Duration,
+) -> KoreClient {
+    let config = sim.config();
+    KoreClient::new(KoreConfig {
+        base_url: sim.base_url(),
+        bot_id: config.bot_id,
+        hook_instance: hook_instance.map(str::to_string),
+        client_id: config.client_id,
+        client_secret: config.client_secret,
+        algorithm: jsonwebtoken::Algorithm::HS256,
+        version: KoreVersion::V2,
+        mode,
+        timeout,
+    })
+}
+
+fn user_turn(text: &str) -> UserTurn {
+    UserTurn {
+        user_id: USER.into(),
+        text: text.into(),
+        ..UserTurn::default()
+    }
+}
+
+fn texts(answer: &SyncAnswer) -> Vec<&str> {
+    answer
+        .answer
+        .items
+        .iter()
+        .map(|item| match item {
+            BotItem::Text(text) => text.as_str(),
+            BotItem::Template(_) => "<template>",
+        })
+        .collect()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The client follows V2 polling on a `hookInstance` channel (whose poll path has no instance
+/// segment): the first messages come with a `pollId`, polling says `InProgress` until the
+/// slow node is done, then hands out the rest (with the next `pollId` while pauses remain),
+/// and the same id again is `Gone`.
+#[tokio::test]
+async fn kore_client_polls_a_slow_turn() {
+    let sim = sim(KoreSimConfig {
+        instances: [("inst-2".to_string(), ChannelConfig::default())].into(),
+        ..KoreSimConfig::default()
+    })
+    .await;
+    let pause = Duration::from_millis(400);
+    sim.script(
+        USER,
+        [Turn::text("Let me check…")
+            .then_pause(pause)
+            .then_text("Still looking…")
+            .then_pause(Duration::from_millis(100))
+            .then_text("Shipped.")
+            .end_task("Order Status")],
+    );
+    let client = kore_client(&sim, KoreMode::Sync, Some("inst-2"), LIMIT);
+    let sent = Instant::now();
+    let first = client
+        .send(&user_turn("5512?"), now_s())
+        .await
+        .expect("turn")
+        .expect("a sync answer");
+    assert_eq!(texts(&first), ["Let me check…"]);
+    let poll_id = first.poll_id.clone().expect("pollId");
+    assert!(shared::kore::is_valid_poll_id(&poll_id), "{poll_id}");
+
+    let early = client.poll(USER, &poll_id, now_s()).await.expect("poll");
+    assert!(sent.elapsed() < pause, "the test machine is too slow");
+    assert_eq!(early, Polled::InProgress);
+
+    let second = wait::until(LIMIT, "the slow node to finish", || async {
+        match client.poll(USER, &poll_id, now_s()).await.expect("poll") {
+            Polled::Ready(answer) => Some(answer),
+            Polled::InProgress => None,
+            Polled::Gone => panic!("gone before it was collected"),
+        }
+    })
+    .await;
+    assert!(sent.elapsed() >= pause);
+    assert_eq!(texts(&second), ["Still looking…"]);
+    assert!(!second.answer.end_of_task);
+    let next_id = second.poll_id.clone().expect("another pause follows");
+    assert_eq!(
+        client.poll(USER, &poll_id, now_s()).await.expect("poll"),
+        Polled::Gone
+    );
+
+    let last = wait::until(LIMIT, "the last part", || async {
+        match client.poll(USER, &next_id, now_s()).await.expect("poll") {
+            Polled::Ready(answer) => Some(answer),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(texts(&last), ["Shipped."]);
+    assert_eq!(last.poll_id, None);
+    assert_eq!(
+        last.answer.completed_task_name.as_deref(),
+        Some("Order Status")
+    );
+    let polls: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.poll_id.is_some())
+        .collect();
+    assert!(polls
+        .iter()
+        .all(|r| r.path.starts_with("/chatbot/v2/webhook/") && !r.path.contains("hookInstance")));
+    assert!(polls.iter().all(|r| r
+        .auth
+        .as_ref()
+        .is_some_and(|a| a["jwt"]["claims"]["userIdentity"] == USER)));
+}
+
+/// A turn whose answer does not come back within the client's timeout (kore-sim is slower)
+/// is not resent by the retry loop, in sync and in async mode: Kore's request log holds one
+/// call.
+#[tokio::test]
+async fn kore_turn_timed_out_is_sent_once() {
+    let receiver = Receiver::start().await;
+    let once = |mode: KoreMode| {
+        let post_url = receiver.url.clone();
+        async move {
+            let sim = sim(KoreSimConfig {
+                latency: Duration::from_millis(800),
+                channel: ChannelConfig {
+                    mode: match mode {
+                        KoreMode::Sync => Mode::Sync,
+                        KoreMode::Async => Mode::Async,
+                    },
+                    post_url: Some(post_url),
+                    access_token: Some(Secret::new("t")),
+                    ..ChannelConfig::default()
+                },
+                ..KoreSimConfig::default()
+            })
+            .await;
+            let client = kore_client(&sim, mode, None, Duration::from_millis(200));
+            let fast = RetryPolicy {
+                max_retries: 3,
+                min_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(20),
+                max_elapsed: Duration::from_secs(1),
+            };
+            let mut retries = 0;
+            let turn = user_turn("hi");
+            let result = retry(fast, || client.send(&turn, now_s()), |_, _| retries += 1).await;
+            let error = result.expect_err("the client times out");
+            assert!(
+                matches!(error, UpstreamError::Timeout { .. }),
+                "{mode:?}: {error:?}"
+            );
+            assert!(!error.is_retryable());
+            assert_eq!(retries, 0, "{mode:?}");
+            sim.wait_for_requests(1, LIMIT).await.expect("the call");
+            // Any resend would have reached the sim by now.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            assert_eq!(sim.requests().len(), 1, "{mode:?}");
+        }
+    };
+    tokio::join!(once(KoreMode::Sync), once(KoreMode::Async));
 }
 
 /// The HTTP control API scripts turns, changes config at runtime, lists requests and sessions,

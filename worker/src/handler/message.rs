@@ -309,9 +309,9 @@ async fn ask_bot(
     )
     .await;
     match result {
-        Ok(Some(answer)) => {
+        Ok(Some(sync)) => {
             h.breaker.record_success();
-            Ok(Asked::Answer(answer))
+            Ok(Asked::Answer(sync))
         }
         Ok(None) => {
             h.breaker.record_success();

@@ -329,9 +329,17 @@ fn envelope(kind: EventKind, message: &jetstream::Message) -> Envelope {
             .map(|v| v.as_str().to_string())
     };
     // A replayed dead letter carries its original id: progress resumes where it stopped.
-    let event_id = header(headers::EVENT_ID)
-        .or_else(|| header(headers::MSG_ID))
-        .unwrap_or_else(|| format!("{}-seq-{sequence}", kind.as_str()));
+    // Kore.ai deliveries are deduplicated on a hash of their body for the stream's window only;
+    // the same text legitimately sent again later is a new delivery, so the sequence is part
+    // of their id.
+    let event_id = match (header(headers::EVENT_ID), header(headers::MSG_ID)) {
+        (Some(original), _) => original,
+        (None, Some(id)) if kind == EventKind::KoreReply && !id.starts_with("deadline-") => {
+            format!("{id}@{sequence}")
+        }
+        (None, Some(id)) => id,
+        (None, None) => format!("{}-seq-{sequence}", kind.as_str()),
+    };
     Envelope {
         kind,
         subject: message.subject.to_string(),
