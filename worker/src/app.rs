@@ -125,6 +125,8 @@ impl App {
         let ctx = Arc::new(PartitionContext {
             handlers: self.handlers.clone(),
             js: self.js.clone(),
+            owners: self.partitions_kv.clone(),
+            member_id: config.member_id.clone(),
             permits: Arc::new(Semaphore::new(config.concurrency)),
             stuck: Arc::new(Stuck::default()),
         });

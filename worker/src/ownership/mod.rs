@@ -93,7 +93,32 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         slots
     }
 
+    /// Reads the whole table once, so the first decisions see every member and owner (a
+    /// replica that acted on a partial view would take partitions from live owners).
+    async fn load_snapshot(&mut self) -> Result<(), String> {
+        let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(|e| e.to_string())?);
+        }
+        for key in names {
+            if let Some(entry) = self.kv.entry(key).await.map_err(|e| e.to_string())? {
+                self.apply(entry);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = self.load_snapshot().await {
+            tracing::warn!(error = %e, "cannot read the partition table yet");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
         let heartbeat = (self.config.member_timeout / 4).max(Duration::from_millis(100));
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,11 +126,8 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         loop {
             if watch.is_none() {
                 match self.kv.watch_with_history(">").await {
-                    Ok(w) => {
-                        // A fresh watch replays the current state.
-                        self.owners.clear();
-                        watch = Some(w);
-                    }
+                    // A fresh watch replays the current state over what is known.
+                    Ok(w) => watch = Some(w),
                     Err(e) => tracing::warn!(error = %e, "cannot watch partition owners yet"),
                 }
             }

@@ -54,6 +54,9 @@ fn stream_and_subject(kind: EventKind, partition: u32) -> (&'static str, String)
 pub struct PartitionContext {
     pub handlers: Arc<Handlers>,
     pub js: jetstream::Context,
+    /// The partition table, to check ownership before pulling again (`crate::ownership`).
+    pub owners: async_nats::jetstream::kv::Store,
+    pub member_id: String,
     pub permits: Arc<Semaphore>,
     pub stuck: Arc<Stuck>,
 }
@@ -118,8 +121,20 @@ async fn recreate_consumer(
 }
 
 /// The message stream of the consumer, recreating the consumer if it vanished (the stream
-/// was recreated after a loss).
+/// was recreated after a loss). Only while the owner record still names this replica: a new
+/// owner recreates the consumer under the same name, and pulling it then would run one
+/// conversation in two places.
 async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, WorkerError> {
+    let owner = ctx
+        .owners
+        .get(slot.owner_key())
+        .await
+        .map_err(WorkerError::infra)?;
+    if owner.as_deref() != Some(ctx.member_id.as_bytes()) {
+        return Err(WorkerError::Infrastructure(
+            "the partition's owner record no longer names this replica".into(),
+        ));
+    }
     let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
     let stream = ctx
         .js
