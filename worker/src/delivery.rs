@@ -33,6 +33,9 @@ use crate::token::TokenSource;
 
 /// How long Khoros may take to show a finished call in its request log.
 const LOG_SETTLE: Duration = Duration::from_millis(500);
+/// Clock difference tolerated between this host and Khoros when records are compared with
+/// the attempt's start.
+const CLOCK_SKEW_MS: i64 = 100;
 /// The longest look-back the request log allows (31 days), in minutes.
 const LOG_MAX_MINUTES: i64 = 31 * 24 * 60;
 
@@ -127,6 +130,7 @@ impl Delivery {
     pub async fn resolve(
         &self,
         steps: &[Step],
+        completed_at_ms: &[i64],
         index: usize,
         attempt_at_ms: i64,
         after_crash: bool,
@@ -178,7 +182,7 @@ impl Delivery {
         resolution
     }
 
-    /// Non-`ERROR` and `PENDING` records of this exact body since the attempt.
+    /// Non-`ERROR` and `PENDING` records of this exact body created since `since_ms`.
     async fn lookup(&self, body: &Value, since_ms: i64) -> Result<(usize, usize), String> {
         let token = self.token.current().ok_or("no Bot API token")?;
         let minutes = ((now_ms() - since_ms).max(0) / 60_000 + 2).min(LOG_MAX_MINUTES);
@@ -193,7 +197,8 @@ impl Delivery {
                 .get("payload")
                 .and_then(Value::as_str)
                 .and_then(|p| serde_json::from_str::<Value>(p).ok());
-            if payload.as_ref() != Some(body) {
+            let created = record.get("createdEpochMillis").and_then(Value::as_i64);
+            if payload.as_ref() != Some(body) || created.is_some_and(|c| c < since_ms) {
                 continue;
             }
             match record.get("state").and_then(Value::as_str) {
@@ -241,6 +246,10 @@ impl Handlers {
                     })
                     .await?;
             }
+            let now = self.now_ms();
+            let completed = &mut tracked.progress.completed_at_ms;
+            completed.resize(index, now);
+            completed.push(now);
             tracked.progress.steps_done = index + 1;
             tracked.progress.in_flight = None;
             if tracked.progress.steps_done < steps.len() {
@@ -283,7 +292,13 @@ impl Handlers {
         // letter replayed): ask the request log before sending anything.
         if tracked.progress.in_flight == Some(index) {
             match d
-                .resolve(steps, index, tracked.progress.attempt_at_ms, true)
+                .resolve(
+                    steps,
+                    &tracked.progress.completed_at_ms,
+                    index,
+                    tracked.progress.attempt_at_ms,
+                    true,
+                )
                 .await
             {
                 Resolution::Sent => return Ok(StepOutcome::Sent),
@@ -335,7 +350,13 @@ impl Handlers {
                 }
                 Class::Ambiguous => {
                     match d
-                        .resolve(steps, index, tracked.progress.attempt_at_ms, false)
+                        .resolve(
+                            steps,
+                            &tracked.progress.completed_at_ms,
+                            index,
+                            tracked.progress.attempt_at_ms,
+                            false,
+                        )
                         .await
                     {
                         Resolution::Sent => return Ok(StepOutcome::Sent),

@@ -39,6 +39,10 @@ pub struct Progress {
     /// When that step's latest attempt started, epoch ms.
     #[serde(default)]
     pub attempt_at_ms: i64,
+    /// When each completed step finished, epoch ms, in plan order (resolving a lost answer
+    /// must not count this event's own identical, earlier parts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed_at_ms: Vec<i64>,
     /// Nothing left to do for this event.
     #[serde(default)]
     pub done: bool,
