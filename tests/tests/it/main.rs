@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per feature. Each test starts its own nats-server.
 
 mod deploy_metrics;
+mod exactly_once;
 mod helpers;
 mod hostile;
 mod ingress;
