@@ -26,7 +26,8 @@
 //! (no PARTITIONS, WORKER_CONCURRENCY, ACK_WAIT...): only what they need to run.
 //!
 //! Results: one table on stdout, `<out>/results/<timestamp>.json`, `<out>/latest.json` and
-//! `<out>/latest.md`.
+//! `<out>/latest.md` (`latest-partial.*` when phases were skipped, so `latest.*` always
+//! holds a full run).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1292,12 +1293,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&results)?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(results.join(format!("{stamp}.json")), &json)?;
-    std::fs::write(options.out_dir.join("latest.json"), &json)?;
-    std::fs::write(options.out_dir.join("latest.md"), &table)?;
+    let latest = if options.skip.is_empty() {
+        "latest"
+    } else {
+        "latest-partial"
+    };
+    std::fs::write(options.out_dir.join(format!("{latest}.json")), &json)?;
+    std::fs::write(options.out_dir.join(format!("{latest}.md")), &table)?;
     println!(
         "results: {} and {}",
         results.join(format!("{stamp}.json")).display(),
-        options.out_dir.join("latest.json").display()
+        options
+            .out_dir
+            .join(format!("{latest}.{{json,md}}"))
+            .display()
     );
     Ok(report)
 }
