@@ -17,12 +17,17 @@
 //! ([`super::targets`]), among them the one-write bound 1 / (1/bare + 1/raw publish). Then
 //!
 //! 6. **e2e**: ingress + worker + kore-sim (simulated bot latency) + khoros-sim at a fixed
-//!    message rate, replies matched at khoros-sim;
-//! 7. **scaling**: 1, 2, 4 worker processes draining a backlog with a slow bot, so one
-//!    worker's `WORKER_CONCURRENCY` is the bottleneck.
+//!    message rate, random conversation keys, replies matched at khoros-sim;
+//! 7. **burst**: many customers write at once to one worker with a slow bot ([`burst`]);
+//! 8. **scaling**: 1, 2, 4 worker processes draining a backlog of distinct conversations with
+//!    a slow bot ([`scaling`]).
+//!
+//! The worker phases (6-8) run the ingress and the workers in their default configuration
+//! (no PARTITIONS, WORKER_CONCURRENCY, ACK_WAIT...): only what they need to run.
 //!
 //! Results: one table on stdout, `<out>/results/<timestamp>.json`, `<out>/latest.json` and
-//! `<out>/latest.md`.
+//! `<out>/latest.md` (`latest-partial.*` when phases were skipped, so `latest.*` always
+//! holds a full run).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +42,7 @@ use shared::config::Env;
 use shared::topology::{Topology, TopologyConfig, EVENTS_STREAM};
 use shared::Secret;
 
-use super::driver::{self, Load, Measured, Pace};
+use super::driver::{self, Job, Load, Measured, Pace, Target};
 use super::e2e::{self, Anchor, E2eReport};
 use super::events::{EventSource, Spread};
 use super::http::{HmacCredentials, HttpTarget};
@@ -46,6 +51,9 @@ use super::procs::{self, CpuMeter, Memory, Proc};
 use super::publish::PublishTarget;
 use super::stats::LoadReport;
 use super::targets;
+
+mod burst;
+pub mod scaling;
 
 const HMAC_KEY: &str = "bench-hmac-key";
 const HMAC_SECRET: &str = "bench-hmac-secret-7f3c";
@@ -78,26 +86,28 @@ pub struct BenchOptions {
     /// Every n-th event is an update (the rest are messages).
     pub update_every: u64,
     pub conversations: usize,
-    /// End to end: message rate, simulated bot latency, length, partitions.
+    /// End to end: message rate, simulated bot latency, length.
     pub e2e_rate: f64,
     pub e2e_bot_ms: u64,
     pub e2e_s: f64,
-    pub e2e_partitions: u32,
-    /// Worker scaling: replicas, bot latency, per-worker concurrency, partitions, and how many
-    /// seconds of work the backlog holds at the expected rate.
+    /// Burst: customers writing at once, bot latency.
+    pub burst_customers: u64,
+    pub burst_bot_ms: u64,
+    /// Worker scaling: replicas, bot latency, backlog (messages, one conversation each).
     pub scale_replicas: Vec<usize>,
     pub scale_bot_ms: u64,
-    pub scale_concurrency: usize,
-    pub scale_partitions: u32,
-    pub scale_backlog_s: f64,
+    pub scale_backlog: u64,
     /// Skip phases by name (see [`PHASES`]).
     pub skip: Vec<String>,
 }
 
 /// The phases, in the order they run (the names `--skip` takes).
-pub const PHASES: [&str; 7] = [
-    "bare", "publish", "naive", "node", "ingress", "e2e", "scaling",
+pub const PHASES: [&str; 8] = [
+    "bare", "publish", "naive", "node", "ingress", "e2e", "burst", "scaling",
 ];
+
+/// The phases `--only worker` runs.
+pub const WORKER_PHASES: [&str; 3] = ["e2e", "burst", "scaling"];
 
 impl BenchOptions {
     /// The full benchmark (about four and a half minutes).
@@ -117,12 +127,11 @@ impl BenchOptions {
             e2e_rate: 200.0,
             e2e_bot_ms: 50,
             e2e_s: 30.0,
-            e2e_partitions: 64,
+            burst_customers: 64,
+            burst_bot_ms: 1000,
             scale_replicas: vec![1, 2, 4],
-            scale_bot_ms: 200,
-            scale_concurrency: 8,
-            scale_partitions: 128,
-            scale_backlog_s: 8.0,
+            scale_bot_ms: 1000,
+            scale_backlog: 2048,
             skip: Vec::new(),
         }
     }
@@ -134,7 +143,7 @@ impl BenchOptions {
             max_s: 3.0,
             fixed_s: 4.0,
             e2e_s: 8.0,
-            scale_backlog_s: 4.0,
+            scale_backlog: 512,
             ..Self::full(bin_dir, out_dir)
         }
     }
@@ -168,7 +177,6 @@ pub struct PhaseReport {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct E2ePhase {
     pub rate: f64,
-    pub partitions: u32,
     pub spread: String,
     pub ingress: LoadReport,
     pub report: E2eReport,
@@ -176,20 +184,8 @@ pub struct E2ePhase {
     pub cpu_pct: BTreeMap<String, f64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ScaleRun {
-    pub replicas: usize,
-    pub concurrency: usize,
-    pub partitions: u32,
-    pub bot_ms: u64,
-    pub events: u64,
-    pub report: E2eReport,
-    /// Replies per second while the backlog drained (10th to 90th percentile of replies).
-    pub throughput: f64,
-    /// min(partitions, replicas x concurrency) / bot latency.
-    pub bound: f64,
-    pub speedup: f64,
-}
+pub use burst::BurstPhase;
+pub use scaling::ScaleRun;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Check {
@@ -235,10 +231,8 @@ pub struct BenchReport {
     pub ratios: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e: Option<E2ePhase>,
-    /// The same run with conversations hashed to partitions at random (informational: shows
-    /// what waiting behind another conversation's turn costs at this partition count).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub e2e_random: Option<E2ePhase>,
+    pub burst: Option<BurstPhase>,
     pub scaling: Vec<ScaleRun>,
     pub checks: Vec<Check>,
 }
@@ -438,23 +432,35 @@ impl Harness {
         })
     }
 
-    async fn ingress(&self, tag: &str, nats: &str, partitions: u32) -> anyhow::Result<Running> {
+    /// `partitions`: `None` leaves PARTITIONS (and every other tuning variable) at the
+    /// ingress' default, as the worker phases need.
+    async fn ingress(
+        &self,
+        tag: &str,
+        nats: &str,
+        partitions: Option<u32>,
+    ) -> anyhow::Result<Running> {
         let port = port();
         let metrics_port = self::port();
+        let mut env = vars(&[
+            ("NATS_URL", nats.into()),
+            ("INGRESS_LISTEN", format!("127.0.0.1:{port}")),
+            ("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
+            ("KHOROS_AUTH", "hmac".into()),
+            ("KHOROS_HMAC_KEYS", format!("{HMAC_KEY}={HMAC_SECRET}")),
+            ("RUST_LOG", "info".into()),
+        ]);
+        if let Some(p) = partitions {
+            env.extend(vars(&[
+                ("PARTITIONS", p.to_string()),
+                ("JS_STORAGE", "file".into()),
+            ]));
+        }
         let proc = Proc::spawn(
             &format!("ingress-{tag}"),
             &self.bin("ingress"),
             &[],
-            &vars(&[
-                ("NATS_URL", nats.into()),
-                ("INGRESS_LISTEN", format!("127.0.0.1:{port}")),
-                ("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
-                ("KHOROS_AUTH", "hmac".into()),
-                ("KHOROS_HMAC_KEYS", format!("{HMAC_KEY}={HMAC_SECRET}")),
-                ("PARTITIONS", partitions.to_string()),
-                ("JS_STORAGE", "file".into()),
-                ("RUST_LOG", "info".into()),
-            ]),
+            &env,
             &self.logs,
         )?;
         // `/readyz` is served on the metrics listener only.
@@ -574,16 +580,14 @@ impl Harness {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn worker(
+    /// A worker replica in its default configuration (only URLs, ids, secrets and ports);
+    /// started, not yet ready (see [`Harness::ready`]), so replicas can start together.
+    fn spawn_worker(
         &self,
         tag: &str,
         nats: &str,
         khoros: &str,
         kore: &str,
-        partitions: u32,
-        concurrency: usize,
-        types: &str,
     ) -> anyhow::Result<Running> {
         let port = port();
         let proc = Proc::spawn(
@@ -601,22 +605,25 @@ impl Harness {
                 ("KORE_BOT_ID", KORE_BOT_ID.into()),
                 ("KORE_CLIENT_ID", KORE_CLIENT_ID.into()),
                 ("KORE_CLIENT_SECRET", KORE_CLIENT_SECRET.into()),
-                ("PARTITIONS", partitions.to_string()),
-                ("WORKER_CONCURRENCY", concurrency.to_string()),
-                ("WORKER_EVENT_TYPES", types.into()),
                 ("RUST_LOG", "info".into()),
             ]),
             &self.logs,
         )?;
-        let base = format!("http://127.0.0.1:{port}");
+        Ok(Running {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// Waits for a worker's `/readyz`.
+    async fn ready(&self, worker: &Running) -> anyhow::Result<()> {
         procs::wait_http_ok(
             &self.http,
-            &format!("{base}/readyz"),
+            &format!("{}/readyz", worker.base),
             Duration::from_secs(20),
         )
         .await
-        .context("worker readiness")?;
-        Ok(Running { proc, base })
+        .with_context(|| format!("{} readiness", worker.proc.name))
     }
 
     fn events(
@@ -756,7 +763,7 @@ impl Harness {
     async fn start_ingress(&self) -> anyhow::Result<Subject> {
         let nats = self.nats("ingress").await?;
         let ingress = self
-            .ingress("bench", &nats.base, self.options.partitions)
+            .ingress("bench", &nats.base, Some(self.options.partitions))
             .await?;
         self.http_subject("ingress", "i", "ingress", ingress, Some(nats))
     }
@@ -834,90 +841,146 @@ impl Harness {
         Ok(report)
     }
 
-    /// Waits until every consumer of the events stream has `per_consumer` pull requests waiting
-    /// (every worker replica is consuming), with at least `consumers` consumers.
-    async fn wait_consumers(
-        &self,
-        nats: &str,
-        consumers: usize,
-        per_consumer: usize,
-    ) -> anyhow::Result<()> {
+    /// Waits until the workers consume: the events stream's consumers stopped appearing and
+    /// each has a pull request waiting. Assumes nothing of the partition count or of the
+    /// consumer layout; after `limit` it goes on anyway (a worker that consumes otherwise is
+    /// then measured as it is, the probe message still proves it answers).
+    async fn wait_consuming(&self, nats: &str, limit: Duration) -> anyhow::Result<()> {
         let js = jetstream::new(async_nats::connect(nats).await?);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        let mut last = (0, 0);
         loop {
             let stream = js.get_stream(EVENTS_STREAM).await?;
             let mut names = stream.consumer_names();
-            let (mut found, mut ready) = (0, 0);
+            let (mut found, mut waiting) = (0, 0);
             while let Some(name) = names.next().await {
                 found += 1;
-                if stream.consumer_info(name?).await?.num_waiting >= per_consumer {
-                    ready += 1;
+                if stream.consumer_info(name?).await?.num_waiting > 0 {
+                    waiting += 1;
                 }
             }
-            if found >= consumers && ready >= consumers {
+            if found > 0 && waiting == found && last == (found, waiting) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                anyhow::bail!("only {ready}/{consumers} consumers ready after 60 s");
+                println!("  ({waiting} of {found} consumers waiting after {limit:?}; going on)");
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            last = (found, waiting);
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// Waits for the replies to `expected` messages and for every event to be acknowledged.
+    /// Sends one message through the pipeline and waits (at most 60 s) for its reply, so the
+    /// measured messages find the workers consuming, with tokens and connections warm.
+    /// Returns the probe's message id (left out of the analysis) and the Bot API calls
+    /// khoros-sim logged so far.
+    async fn probe(&self, ingress: &str, khoros: &str) -> anyhow::Result<(String, u64)> {
+        let events = self.events("probe", 1, 0, Spread::Unique);
+        let id = events.event(0, 0).message_id.expect("a message");
+        let target = self.http_target(&format!("{ingress}{EVENTS_PATH}"), events)?;
+        let mut conn = target
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("probe: {e}"))?;
+        let job = Job {
+            seq: 0,
+            intended: None,
+        };
+        target
+            .send(&mut conn, job)
+            .await
+            .map_err(|e| anyhow::anyhow!("probe: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let replies = e2e::fetch_replies(&self.http, khoros).await?;
+            if replies.iter().any(|r| r.message_id == id) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the probe message got no reply within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((id, e2e::logged_calls(&self.http, khoros).await?))
+    }
+
+    /// Waits until khoros-sim logged `expected` Bot API calls beyond `before` and every event
+    /// is acknowledged, or until nothing moved for 15 s. Only cheap counters are polled while
+    /// the workers run; the replies are read once at the end.
     async fn settle(
         &self,
         khoros: &str,
         nats: &str,
+        before: u64,
         expected: u64,
     ) -> anyhow::Result<(Vec<e2e::Reply>, u64)> {
-        e2e::wait_for_calls(&self.http, khoros, expected, Duration::from_secs(10)).await?;
+        let idle = Duration::from_secs(15);
+        e2e::wait_for_calls(&self.http, khoros, before + expected, idle).await?;
         let js = jetstream::new(async_nats::connect(nats).await?);
-        let deadline = Instant::now() + Duration::from_secs(15);
         let mut left = e2e::unprocessed(&js).await?;
-        while left > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            left = e2e::unprocessed(&js).await?;
+        let mut moved = Instant::now();
+        while left > 0 && moved.elapsed() < idle {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = e2e::unprocessed(&js).await?;
+            if now != left {
+                moved = Instant::now();
+            }
+            left = now;
         }
         // A late duplicate would show up now.
         tokio::time::sleep(Duration::from_secs(1)).await;
         Ok((e2e::fetch_replies(&self.http, khoros).await?, left))
     }
 
-    async fn phase_e2e(&self, spread: Spread) -> anyhow::Result<E2ePhase> {
-        let label = match spread {
-            Spread::Even => "e2e",
-            Spread::Random => "e2e random",
-        };
+    /// nats-server, the ingress (default configuration), khoros-sim and kore-sim.
+    async fn pipeline(&self, tag: &str, bot_ms: u64) -> anyhow::Result<Pipeline> {
+        let nats = self.nats(tag).await?;
+        let ingress = self.ingress(tag, &nats.base, None).await?;
+        let khoros = self.khoros_sim(tag).await?;
+        let kore = self.kore_sim(tag, bot_ms).await?;
+        Ok(Pipeline {
+            nats,
+            ingress,
+            khoros,
+            kore,
+            workers: Vec::new(),
+        })
+    }
+
+    /// Starts `replicas` workers together, then waits until all are ready.
+    async fn start_workers(
+        &self,
+        p: &mut Pipeline,
+        tag: &str,
+        replicas: usize,
+    ) -> anyhow::Result<()> {
+        for i in 0..replicas {
+            let name = format!("{tag}-{i}");
+            let w = self.spawn_worker(&name, &p.nats.base, &p.khoros.base, &p.kore.base)?;
+            p.workers.push(w);
+        }
+        for w in &p.workers {
+            self.ready(w).await?;
+        }
+        Ok(())
+    }
+
+    /// End to end at a fixed message rate: one worker, random conversation keys.
+    async fn phase_e2e(&self) -> anyhow::Result<E2ePhase> {
         let o = &self.options;
-        let partitions = o.e2e_partitions;
-        let tag = label.replace(' ', "-");
-        let mut nats = self.nats(&tag).await?;
-        let mut ingress = self.ingress(&tag, &nats.base, partitions).await?;
-        let mut khoros = self.khoros_sim(&tag).await?;
-        let mut kore = self.kore_sim(&tag, o.e2e_bot_ms).await?;
-        let mut worker = self
-            .worker(
-                &tag,
-                &nats.base,
-                &khoros.base,
-                &kore.base,
-                partitions,
-                64,
-                "message,update,control",
-            )
+        let label = "e2e";
+        let mut p = self.pipeline(label, o.e2e_bot_ms).await?;
+        self.start_workers(&mut p, label, 1).await?;
+        self.wait_consuming(&p.nats.base, Duration::from_secs(20))
             .await?;
-        self.wait_consumers(&nats.base, partitions as usize * 3, 1)
-            .await?;
-        let events = self.events(
-            if spread == Spread::Even { "e" } else { "r" },
-            partitions,
-            o.update_every,
-            spread,
-        );
+        let (probe, before) = self.probe(&p.ingress.base, &p.khoros.base).await?;
+        // Spread::Pool: keys at random over `conversations`, whatever the partition count.
+        let events = self.events("e", 1, o.update_every, Spread::Pool);
         let (accepted, observer) = e2e::recorder();
         let target = Arc::new(
-            self.http_target(&format!("{}{EVENTS_PATH}", ingress.base), events)?
+            self.http_target(&format!("{}{EVENTS_PATH}", p.ingress.base), events)?
                 .with_observer(observer),
         );
         // The message rate is the target; updates come on top of it.
@@ -934,21 +997,18 @@ impl Harness {
             first_seq: 0,
         };
         let anchor = Anchor::now();
-        let procs = [
-            ("ingress".to_string(), ingress.proc.pid()),
-            ("worker".to_string(), worker.proc.pid()),
-            ("nats-server".to_string(), nats.proc.pid()),
-            ("khoros-sim".to_string(), khoros.proc.pid()),
-            ("kore-sim".to_string(), kore.proc.pid()),
-            ("loadgen".to_string(), std::process::id()),
-        ];
+        let mut procs = p.pids();
+        procs.push(("loadgen".to_string(), std::process::id()));
         let meter = CpuMeter::start(&procs);
         let measured = driver::run(target, load).await;
         let cpu_pct = meter.finish();
         let ingress_report = LoadReport::new(&load, &measured);
         println!("  {label:<12} ingress ack: {}", ingress_report.line());
         let expected = accepted.lock().expect("recorder").messages.len() as u64;
-        let (replies, left) = self.settle(&khoros.base, &nats.base, expected).await?;
+        let (mut replies, left) = self
+            .settle(&p.khoros.base, &p.nats.base, before, expected)
+            .await?;
+        replies.retain(|r| r.message_id != probe);
         let mut report = {
             let accepted = accepted.lock().expect("recorder");
             e2e::analyse(
@@ -961,141 +1021,67 @@ impl Harness {
         };
         report.unprocessed = Some(left);
         let mut memory = BTreeMap::new();
-        for (name, p) in [("ingress", &ingress.proc), ("worker", &worker.proc)] {
-            if let Some(m) = p.memory() {
+        for (name, r) in [("ingress", &p.ingress), ("worker", &p.workers[0])] {
+            if let Some(m) = r.proc.memory() {
                 memory.insert(name.to_string(), m);
             }
         }
         println!(
-            "  {label:<12} end to end: {}\n  {label:<12} overhead:   {}\n  {label:<12} messages {} updates {} replies {} duplicates {} lost {} unprocessed {}",
+            "  {label:<12} end to end: {}\n  {label:<12} overhead:   {}\n  {label:<12} {}",
             report.end_to_end.line(),
             report.overhead.line(),
-            report.messages_accepted,
-            report.updates_accepted,
-            report.replies,
-            report.duplicates,
-            report.lost,
-            left
+            report.tally()
         );
-        ingress.proc.check_alive()?;
-        worker.proc.check_alive()?;
-        for p in [
-            &mut worker.proc,
-            &mut ingress.proc,
-            &mut khoros.proc,
-            &mut kore.proc,
-        ] {
-            p.stop(Duration::from_secs(5));
-        }
-        nats.proc.stop(Duration::from_secs(2));
+        p.stop()?;
         Ok(E2ePhase {
             rate: o.e2e_rate,
-            partitions,
-            spread: match spread {
-                Spread::Even => "evenly",
-                Spread::Random => "at random",
-            }
-            .into(),
+            spread: "at random".into(),
             ingress: ingress_report,
             report,
             memory,
             cpu_pct,
         })
     }
+}
 
-    async fn scale_run(&self, replicas: usize) -> anyhow::Result<ScaleRun> {
-        let o = &self.options;
-        let tag = format!("scale{replicas}");
-        let partitions = o.scale_partitions;
-        let mut nats = self.nats(&tag).await?;
-        let mut ingress = self.ingress(&tag, &nats.base, partitions).await?;
-        let mut khoros = self.khoros_sim(&tag).await?;
-        let mut kore = self.kore_sim(&tag, o.scale_bot_ms).await?;
-        let mut workers = Vec::new();
-        for i in 0..replicas {
-            workers.push(
-                self.worker(
-                    &format!("{tag}-{i}"),
-                    &nats.base,
-                    &khoros.base,
-                    &kore.base,
-                    partitions,
-                    o.scale_concurrency,
-                    "message",
-                )
-                .await?,
-            );
+/// The processes of a worker phase.
+struct Pipeline {
+    nats: Running,
+    ingress: Running,
+    khoros: Running,
+    kore: Running,
+    workers: Vec<Running>,
+}
+
+impl Pipeline {
+    /// (label, pid) of every process, for the CPU meter.
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut pids = vec![
+            ("ingress".to_string(), self.ingress.proc.pid()),
+            ("nats-server".to_string(), self.nats.proc.pid()),
+            ("khoros-sim".to_string(), self.khoros.proc.pid()),
+            ("kore-sim".to_string(), self.kore.proc.pid()),
+        ];
+        for (i, w) in self.workers.iter().enumerate() {
+            pids.push((format!("worker-{i}"), w.proc.pid()));
         }
-        self.wait_consumers(&nats.base, partitions as usize, replicas)
-            .await?;
-        let bot = o.scale_bot_ms as f64 / 1000.0;
-        let bound = (partitions as usize).min(replicas * o.scale_concurrency) as f64 / bot;
-        // A partition's successive events go to the replicas in turn (each asks again only
-        // after it acknowledged), so the backlog holds the same number of events per partition
-        // for every replica; otherwise the replica that got one event more per partition would
-        // still be busy while the others idle at the end of the backlog.
-        let per_round = u64::from(partitions) * replicas as u64;
-        let rounds = ((bound * o.scale_backlog_s) / per_round as f64)
-            .ceil()
-            .max(1.0) as u64;
-        let events = per_round * rounds;
-        let (accepted, observer) = e2e::recorder();
-        let target = Arc::new(
-            self.http_target(
-                &format!("{}{EVENTS_PATH}", ingress.base),
-                self.events(&format!("s{replicas}"), partitions, 0, Spread::Even),
-            )?
-            .with_observer(observer),
-        );
-        // The backlog goes in far faster than the workers drain it.
-        let rate = 2000.0;
-        let load = Load {
-            pace: Pace::Rate(rate),
-            connections: 32,
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs_f64(events as f64 / rate),
-            timeout: Duration::from_secs(10),
-            first_seq: 0,
-        };
-        let anchor = Anchor::now();
-        let measured = driver::run(target, load).await;
-        let expected = accepted.lock().expect("recorder").messages.len() as u64;
-        let (replies, left) = self.settle(&khoros.base, &nats.base, expected).await?;
-        let mut report = {
-            let accepted = accepted.lock().expect("recorder");
-            e2e::analyse(
-                &accepted,
-                &replies,
-                &anchor,
-                measured.started,
-                Duration::from_millis(o.scale_bot_ms),
-            )
-        };
-        report.unprocessed = Some(left);
-        let throughput = e2e::drain_rate(&replies);
-        println!(
-            "  {:<12} {replicas} worker(s) x {} concurrency, {partitions} partitions: {throughput:.1} replies/s (bound {bound:.0}/s), {} events, {} replies, {} duplicates, {} lost",
-            "scaling", o.scale_concurrency, expected, report.replies, report.duplicates, report.lost
-        );
-        for w in &mut workers {
-            w.proc.check_alive()?;
+        pids
+    }
+
+    /// Stops everything; fails when a service had died during the phase.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let mut alive = self.ingress.proc.check_alive();
+        for w in &mut self.workers {
+            alive = alive.and(w.proc.check_alive());
+        }
+        for w in &mut self.workers {
             w.proc.stop(Duration::from_secs(5));
         }
-        for p in [&mut ingress.proc, &mut khoros.proc, &mut kore.proc] {
-            p.stop(Duration::from_secs(5));
+        for r in [&mut self.ingress, &mut self.khoros, &mut self.kore] {
+            r.proc.stop(Duration::from_secs(5));
         }
-        nats.proc.stop(Duration::from_secs(2));
-        Ok(ScaleRun {
-            replicas,
-            concurrency: o.scale_concurrency,
-            partitions,
-            bot_ms: o.scale_bot_ms,
-            events: expected,
-            report,
-            throughput,
-            bound,
-            speedup: 0.0,
-        })
+        self.nats.proc.stop(Duration::from_secs(2));
+        alive
     }
 }
 
@@ -1125,10 +1111,10 @@ fn command_output(program: &str, args: &[&str]) -> String {
 /// The release binaries the phases that run need (besides `loadgen` and `nats-server`).
 fn required_binaries(options: &BenchOptions) -> Vec<&'static str> {
     let mut bins = Vec::new();
-    if options.runs_any(&["ingress", "e2e", "scaling"]) {
+    if options.runs_any(&["ingress", "e2e", "burst", "scaling"]) {
         bins.push("ingress");
     }
-    if options.runs_any(&["e2e", "scaling"]) {
+    if options.runs_any(&WORKER_PHASES) {
         bins.extend(["worker", "khoros-sim", "kore-sim"]);
     }
     bins
@@ -1206,7 +1192,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         );
     }
     let mut report = BenchReport {
-        schema: 2,
+        schema: 3,
         started_at: stamp.clone(),
         wall_s: 0.0,
         git: git(),
@@ -1219,7 +1205,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         ingress: None,
         ratios: BTreeMap::new(),
         e2e: None,
-        e2e_random: None,
+        burst: None,
         scaling: Vec::new(),
         checks: Vec::new(),
     };
@@ -1278,23 +1264,25 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     if options.runs("e2e") {
-        step(6, "end to end");
-        report.e2e = Some(harness.phase_e2e(Spread::Even).await?);
-        report.e2e_random = Some(harness.phase_e2e(Spread::Random).await?);
+        step(
+            6,
+            "end to end (default configuration, random conversation keys)",
+        );
+        report.e2e = Some(harness.phase_e2e().await?);
+    }
+    if options.runs("burst") {
+        step(7, "burst: customers writing at once to one worker");
+        report.burst = Some(harness.phase_burst().await?);
     }
     if options.runs("scaling") {
-        step(7, "worker scaling");
+        step(
+            8,
+            "worker scaling (default configuration, backlog of distinct conversations)",
+        );
         for &replicas in &options.scale_replicas {
             report.scaling.push(harness.scale_run(replicas).await?);
         }
-        let base = report.scaling.first().map_or(0.0, |s| s.throughput);
-        for s in &mut report.scaling {
-            s.speedup = if base > 0.0 {
-                (s.throughput / base * 100.0).round() / 100.0
-            } else {
-                0.0
-            };
-        }
+        scaling::speedups(&mut report.scaling);
     }
     report.machine.load_after = read_trim("/proc/loadavg");
     report.wall_s = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -1305,12 +1293,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&results)?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(results.join(format!("{stamp}.json")), &json)?;
-    std::fs::write(options.out_dir.join("latest.json"), &json)?;
-    std::fs::write(options.out_dir.join("latest.md"), &table)?;
+    let latest = if options.skip.is_empty() {
+        "latest"
+    } else {
+        "latest-partial"
+    };
+    std::fs::write(options.out_dir.join(format!("{latest}.json")), &json)?;
+    std::fs::write(options.out_dir.join(format!("{latest}.md")), &table)?;
     println!(
         "results: {} and {}",
         results.join(format!("{stamp}.json")).display(),
-        options.out_dir.join("latest.json").display()
+        options
+            .out_dir
+            .join(format!("{latest}.{{json,md}}"))
+            .display()
     );
     Ok(report)
 }

@@ -11,7 +11,7 @@ use shared::config::parse_duration;
 use shared::Secret;
 use tokio::net::TcpListener;
 
-use super::bench::{self, BenchOptions, PHASES};
+use super::bench::{self, BenchOptions, PHASES, WORKER_PHASES};
 use super::driver::{self, Load, Pace};
 use super::e2e::{self, Anchor};
 use super::events::{EventSource, Spread};
@@ -22,12 +22,13 @@ use super::stats::LoadReport;
 pub const USAGE: &str = "\
 loadgen: load generator and benchmark of khoros-kore-bridge
 
-  loadgen bench [--quick] [--skip bare,publish,naive,node,ingress,e2e,scaling]
+  loadgen bench [--quick] [--skip bare,publish,naive,node,ingress,e2e,burst,scaling]
+                [--only worker | --only e2e,burst,...]
                 [--bin-dir target/release] [--out bench] [--connections 64]
       The whole benchmark (what dev/bench runs): starts its own nats-server (NATS_SERVER_BIN),
       services, simulators and ceilings (node: NODE_BIN or node on the PATH) as processes,
       prints one table, writes <out>/results/<stamp>.json, <out>/latest.json and
-      <out>/latest.md.
+      <out>/latest.md. `--only worker` runs the worker phases (e2e, burst, scaling) alone.
 
   loadgen http --url http://127.0.0.1:8080/khoros/events [--rate 1000 | --connections 64]
       Signed Khoros events to an ingress (or any URL answering 202). With --rate: open loop at
@@ -51,7 +52,7 @@ loadgen: load generator and benchmark of khoros-kore-bridge
       awaits the PubAck, answers 202.
 
 Common options: --duration 10s --warmup 2s --partitions 16 --update-every 5 (every 5th event is
-an update; 0 = messages only) --conversations 4096 --spread even|random --hmac-key bridge-hmac-key
+an update; 0 = messages only) --conversations 4096 --spread even|random|pool|unique --hmac-key bridge-hmac-key
 --hmac-secret <secret> (default: the ./dev/up secret) --no-sign --json <file>
 ";
 
@@ -257,16 +258,38 @@ async fn bench_command(args: &Args) -> anyhow::Result<()> {
     };
     options.connections = args.num("connections", options.connections)?;
     if let Some(skip) = args.get("skip") {
-        options.skip = skip.split(',').map(str::to_string).collect();
-        if let Some(unknown) = options.skip.iter().find(|s| !PHASES.contains(&s.as_str())) {
-            bail!("--skip {unknown:?}: the phases are {}", PHASES.join(", "));
-        }
+        options.skip = phases("skip", skip)?;
+    }
+    if let Some(only) = args.get("only") {
+        let only = phases("only", only)?;
+        options.skip.extend(
+            PHASES
+                .iter()
+                .filter(|p| !only.iter().any(|o| o == *p))
+                .map(|p| p.to_string()),
+        );
     }
     let report = bench::run(options).await?;
     if report.checks.iter().any(|c| !c.pass) {
         println!("some targets were missed (see the table above)");
     }
     Ok(())
+}
+
+/// A comma-separated list of phases; `worker` stands for the worker phases.
+fn phases(option: &str, list: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in list.split(',') {
+        match name {
+            "worker" => out.extend(WORKER_PHASES.iter().map(|p| p.to_string())),
+            p if PHASES.contains(&p) => out.push(p.to_string()),
+            other => bail!(
+                "--{option} {other:?}: the phases are {} (or worker)",
+                PHASES.join(", ")
+            ),
+        }
+    }
+    Ok(out)
 }
 
 async fn e2e_command(args: &Args) -> anyhow::Result<()> {

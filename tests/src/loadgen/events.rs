@@ -23,6 +23,11 @@ pub enum Spread {
     /// Conversations picked by a hash of the sequence number: partitions collide as with real
     /// traffic (a message can wait for another conversation's turn on its partition).
     Random,
+    /// A conversation picked at random from `conversations` keys that know nothing of the
+    /// partition count (the worker phases run the default PARTITIONS, whatever it is).
+    Pool,
+    /// Every message its own conversation (a key of its own, hashed wherever it lands).
+    Unique,
 }
 
 impl std::str::FromStr for Spread {
@@ -31,7 +36,11 @@ impl std::str::FromStr for Spread {
         match s {
             "even" => Ok(Spread::Even),
             "random" => Ok(Spread::Random),
-            other => Err(format!("spread must be even or random, not {other:?}")),
+            "pool" => Ok(Spread::Pool),
+            "unique" => Ok(Spread::Unique),
+            other => Err(format!(
+                "spread must be even, random, pool or unique, not {other:?}"
+            )),
         }
     }
 }
@@ -78,6 +87,8 @@ pub struct EventSource {
     spread: Spread,
     /// `authors[p]`: conversation authors whose key hashes to partition `p`.
     authors: Vec<Vec<String>>,
+    /// Conversations of [`Spread::Pool`].
+    pool: u64,
 }
 
 const UPDATE_OPERATIONS: [&str; 3] = ["CREATED", "AGENT_RESPONSE", "CLOSED"];
@@ -115,6 +126,7 @@ impl EventSource {
             update_every,
             spread,
             authors,
+            pool: conversations.max(1) as u64,
         }
     }
 
@@ -143,7 +155,7 @@ impl EventSource {
         }
     }
 
-    fn author(&self, index: u64, salt: u64) -> (&str, u32) {
+    fn author(&self, index: u64, salt: u64) -> (std::borrow::Cow<'_, str>, u32) {
         let p = self.partitions as u64;
         let (partition, slot) = match self.spread {
             Spread::Even => (index % p, index / p),
@@ -151,10 +163,21 @@ impl EventSource {
                 let h = mix(index ^ salt);
                 (h % p, h / p)
             }
+            Spread::Pool | Spread::Unique => {
+                let k = match self.spread {
+                    Spread::Pool => mix(index ^ salt) % self.pool,
+                    _ => index,
+                };
+                let author = format!("lg-{}-c{k}", self.run);
+                let partition = partition_of(&author, self.partitions);
+                return (author.into(), partition);
+            }
         };
         let bucket = &self.authors[partition as usize];
         (
-            &bucket[(slot % bucket.len() as u64) as usize],
+            bucket[(slot % bucket.len() as u64) as usize]
+                .as_str()
+                .into(),
             partition as u32,
         )
     }
@@ -312,5 +335,28 @@ mod tests {
         let spread: std::collections::HashSet<_> =
             (0..200).map(|i| random.event(i, 0).partition).collect();
         assert!(spread.len() > 12);
+    }
+
+    fn author(event: &Event) -> String {
+        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        body["author"]["id"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn unique_and_pool_keys_ignore_the_partition_count() {
+        use std::collections::HashSet;
+        let unique = EventSource::new("t2", "kore-bridge", 1, 8, 0, Spread::Unique);
+        let authors: HashSet<_> = (0..2048).map(|i| author(&unique.event(i, 0))).collect();
+        assert_eq!(authors.len(), 2048);
+        // They land all over a partition count the source was never told.
+        let spread: HashSet<_> = authors.iter().map(|a| partition_of(a, 256)).collect();
+        assert!(spread.len() > 240, "{}", spread.len());
+        let pool = EventSource::new("t3", "kore-bridge", 1, 64, 0, Spread::Pool);
+        let authors: HashSet<_> = (0..2000).map(|i| author(&pool.event(i, 0))).collect();
+        assert!(
+            authors.len() > 56 && authors.len() <= 64,
+            "{}",
+            authors.len()
+        );
     }
 }

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
+use super::bench::scaling::DEFAULT_CONCURRENCY;
 use super::bench::{BenchReport, PhaseReport};
+use super::e2e::E2eReport;
 use super::stats::Latency;
 use super::targets;
 
@@ -37,6 +39,7 @@ pub fn render(report: &BenchReport) -> String {
     );
     ceilings(&mut out, report);
     e2e(&mut out, report);
+    burst(&mut out, report);
     scaling(&mut out, report);
     checks(&mut out, report);
     out
@@ -171,15 +174,14 @@ fn e2e(out: &mut String, report: &BenchReport) {
         return;
     };
     let r = &e.report;
-    let random = report.e2e_random.as_ref();
     let _ = writeln!(
         out,
-        "**End to end** ({:.0} messages/s + updates, {:.0} ms simulated bot, {:.0} s, {} partitions, conversations spread {} over the partitions; 1 worker)\n",
-        e.rate, r.bot_latency_ms, e.ingress.duration_s, e.partitions, e.spread
+        "**End to end** ({:.0} messages/s + updates, {:.0} ms simulated bot, {:.0} s, conversation keys {}; 1 worker, default configuration)\n",
+        e.rate, r.bot_latency_ms, e.ingress.duration_s, e.spread
     );
     let _ = writeln!(out, "| | p50 | p90 | p99 | p99.9 | max |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-    let mut rows = vec![
+    let rows = [
         ("ingress ack (ms)", &e.ingress.latency),
         (
             "end to end, event sent → reply at khoros-sim (ms)",
@@ -190,12 +192,6 @@ fn e2e(out: &mut String, report: &BenchReport) {
             &r.overhead,
         ),
     ];
-    if let Some(x) = random {
-        rows.push((
-            "pipeline overhead, conversations hashed at random (informational, ms)",
-            &x.report.overhead,
-        ));
-    }
     for (name, l) in rows {
         let _ = writeln!(
             out,
@@ -217,29 +213,49 @@ fn e2e(out: &mut String, report: &BenchReport) {
         .join(", ");
     let _ = writeln!(
         out,
-        "\nEvents accepted: {} messages + {} updates; replies {}, duplicates {}, lost {}, unexpected {}, left unacknowledged {}. Peak memory: {mem}. CPU (% of one core): {cpu}.\n",
-        r.messages_accepted,
-        r.updates_accepted,
-        r.replies,
-        r.duplicates,
-        r.lost,
-        r.unexpected,
-        r.unprocessed.unwrap_or(0)
+        "\n{}{}. Peak memory: {mem}. CPU (% of one core): {cpu}.\n",
+        flag(r),
+        r.tally()
     );
-    if let Some(x) = random {
-        let x = &x.report;
-        let _ = writeln!(
-            out,
-            "Random hashing run: {} messages + {} updates; replies {}, duplicates {}, lost {}, unexpected {}, left unacknowledged {}.\n",
-            x.messages_accepted,
-            x.updates_accepted,
-            x.replies,
-            x.duplicates,
-            x.lost,
-            x.unexpected,
-            x.unprocessed.unwrap_or(0)
-        );
+}
+
+/// Marks a run with a missing, duplicate or unexpected reply, or an event left over.
+fn flag(r: &E2eReport) -> &'static str {
+    if r.clean() {
+        ""
+    } else {
+        "**FLAGGED (missing, duplicate or unexpected replies, or events left over)**: "
     }
+}
+
+fn burst(out: &mut String, report: &BenchReport) {
+    let Some(b) = &report.burst else {
+        return;
+    };
+    let r = &b.report;
+    let _ = writeln!(
+        out,
+        "**Burst** ({} customers, each its own conversation, write at once; 1 worker, default configuration, {} ms simulated bot; send → reply at khoros-sim)\n",
+        b.customers, b.bot_ms
+    );
+    let _ = writeln!(out, "| | p50 | p90 | p99 | max |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let l = &r.end_to_end;
+    let _ = writeln!(
+        out,
+        "| send → reply (s) | {:.2} | {:.2} | {:.2} | {:.2} |",
+        l.p50_ms / 1000.0,
+        l.p90_ms / 1000.0,
+        l.p99_ms / 1000.0,
+        l.max_ms / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "\n{}{}; failed sends {}.\n",
+        flag(r),
+        r.tally(),
+        b.failed
+    );
 }
 
 fn scaling(out: &mut String, report: &BenchReport) {
@@ -248,26 +264,35 @@ fn scaling(out: &mut String, report: &BenchReport) {
     };
     let _ = writeln!(
         out,
-        "**Worker scaling** (message events only, backlog drained, {} ms simulated bot, WORKER_CONCURRENCY={}, {} partitions)\n",
-        first.bot_ms, first.concurrency, first.partitions
+        "**Worker scaling** (a backlog of message events, one conversation each, loaded before the workers start, drained by R replicas in their default configuration; {} ms simulated bot; throughput = replies / (last reply − first reply + bot latency), counted at khoros-sim)\n",
+        first.bot_ms
     );
     let _ = writeln!(
         out,
-        "| worker processes | bound min(P, R×C)/latency (msg/s) | measured (replies/s) | speed-up | events | replies | duplicates | lost |"
+        "| worker processes | measured (replies/s) | speed-up | of {:.0}/bot bound | to last reply (s) | events | subjects (deepest) | replies | duplicates | missing | |",
+        DEFAULT_CONCURRENCY
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for s in &report.scaling {
+        let r = &s.report;
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.1} | {:.2}× | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.2}× | {} | {:.1} | {} | {} ({}) | {} | {} | {} | {} |",
             s.replicas,
-            s.bound,
             s.throughput,
             s.speedup,
+            s.of_bound.map_or("–".into(), |x| format!("{x:.2}")),
+            s.wall_s,
             s.events,
-            s.report.replies,
-            s.report.duplicates,
-            s.report.lost
+            s.subjects,
+            s.deepest_subject,
+            r.replies,
+            r.duplicates,
+            r.lost,
+            if r.clean() { "" } else { "**FLAGGED**" }
         );
     }
     let _ = writeln!(out);

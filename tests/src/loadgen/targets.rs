@@ -3,7 +3,8 @@
 //! machine); its ack latency and memory, the end-to-end overhead and the worker scaling against
 //! fixed goals; and nothing may be lost, duplicated or refused anywhere.
 
-use super::bench::{BenchReport, Check, PhaseReport};
+use super::bench::scaling::DEFAULT_CONCURRENCY;
+use super::bench::{BenchReport, BurstPhase, Check, PhaseReport, ScaleRun};
 
 /// Ingress over the one-write bound: the ingress stores each event with one JetStream write,
 /// so it should come close to one HTTP exchange plus one write, back to back on these cores.
@@ -21,6 +22,18 @@ const MAX_ACK_P99_MS: f64 = 0.6;
 const MAX_RSS_MB: f64 = 32.0;
 /// Pipeline overhead p99 end to end (reply time minus the bot's own latency).
 const MAX_OVERHEAD_P99_MS: f64 = 10.0;
+/// Burst: every customer of a simultaneous burst answered within this (1 s bot, 1 worker).
+const MAX_BURST_S: f64 = 2.5;
+/// One worker replica draining a backlog: throughput over WORKER_CONCURRENCY ÷ bot latency.
+const MIN_OF_CONCURRENCY_BOUND: f64 = 0.90;
+/// Speed-up over one replica, per replica (2 → 1.9×, 4 → 3.6×).
+fn min_speedup(replicas: usize) -> f64 {
+    match replicas {
+        2 => 1.9,
+        4 => 3.6,
+        n => n as f64 * 0.9,
+    }
+}
 
 /// A throughput the ingress' full-speed throughput is compared with.
 #[derive(Clone, Debug)]
@@ -142,21 +155,61 @@ pub fn evaluate(report: &mut BenchReport) {
             pass: e.report.overhead.p99_ms <= MAX_OVERHEAD_P99_MS && e.report.end_to_end.count > 0,
         });
     }
-    for s in report.scaling.iter().skip(1) {
-        let need = match s.replicas {
-            2 => 1.8,
-            4 => 3.2,
-            n => n as f64 * 0.8,
-        };
-        checks.push(Check {
-            name: format!("worker speed-up with {} replicas", s.replicas),
-            target: format!(">= {need:.1}x"),
-            measured: format!("{:.2}x", s.speedup),
-            pass: s.speedup >= need,
-        });
+    if let Some(b) = &report.burst {
+        checks.push(burst_check(b));
+    }
+    for s in &report.scaling {
+        checks.push(scaling_check(s));
     }
     checks.push(no_loss(report));
     report.checks = checks;
+}
+
+fn burst_check(b: &BurstPhase) -> Check {
+    let r = &b.report;
+    let max_s = r.end_to_end.max_ms / 1000.0;
+    Check {
+        name: format!(
+            "burst of {} customers, 1 worker, {} ms bot: send → reply, max",
+            b.customers, b.bot_ms
+        ),
+        target: format!("<= {MAX_BURST_S} s, all answered"),
+        measured: format!(
+            "{max_s:.2} s (p50 {:.2} s), {} of {} answered",
+            r.end_to_end.p50_ms / 1000.0,
+            r.replies,
+            b.customers
+        ),
+        pass: max_s <= MAX_BURST_S && r.replies == b.customers && b.failed == 0 && r.clean(),
+    }
+}
+
+fn scaling_check(s: &ScaleRun) -> Check {
+    let clean = s.report.clean() && s.report.replies == s.events && s.events > 0;
+    match s.of_bound {
+        Some(x) => Check {
+            name: format!(
+                "1 worker draining a backlog: throughput / (WORKER_CONCURRENCY {:.0} / {} ms bot)",
+                DEFAULT_CONCURRENCY, s.bot_ms
+            ),
+            target: format!(">= {MIN_OF_CONCURRENCY_BOUND:.2}"),
+            measured: format!(
+                "{x:.2} ({:.1} / {:.0} msg/s)",
+                s.throughput,
+                DEFAULT_CONCURRENCY * 1000.0 / s.bot_ms as f64
+            ),
+            pass: x >= MIN_OF_CONCURRENCY_BOUND && clean,
+        },
+        None => {
+            let need = min_speedup(s.replicas);
+            Check {
+                name: format!("worker speed-up with {} replicas", s.replicas),
+                target: format!(">= {need:.1}x"),
+                measured: format!("{:.2}x ({:.1} msg/s)", s.speedup, s.throughput),
+                pass: s.speedup >= need && clean,
+            }
+        }
+    }
 }
 
 fn ratio_check(c: &Ceiling, goal: f64, ingress: f64, x: f64) -> Check {
@@ -195,9 +248,9 @@ fn no_loss(report: &BenchReport) -> Check {
         .map(|e| ("e2e".to_string(), &e.report))
         .chain(
             report
-                .e2e_random
+                .burst
                 .iter()
-                .map(|e| ("e2e random".to_string(), &e.report)),
+                .map(|b| ("burst".to_string(), &b.report)),
         )
         .chain(
             report
