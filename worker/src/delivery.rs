@@ -149,15 +149,20 @@ impl Delivery {
         if wait_until > now {
             tokio::time::sleep(Duration::from_millis((wait_until - now) as u64)).await;
         }
-        // The body carries the customer message's coordinate, so it is unique to this event;
-        // identical parts earlier in the same reply were sent already and count as theirs.
+        // Only records made since the attempt began can be this call's. Identical bodies
+        // (the same text twice in one turn) are told apart by time: an identical earlier part
+        // of this reply that finished inside that window is counted out.
+        let since = attempt_at_ms - CLOCK_SKEW_MS;
         let earlier = steps[..index]
             .iter()
-            .filter(|s| *s == &steps[index])
+            .enumerate()
+            .filter(|(j, s)| {
+                *s == &steps[index] && completed_at_ms.get(*j).is_none_or(|at| *at >= since)
+            })
             .count();
         let mut delays = self.retry.delays();
         let resolution = loop {
-            let why = match self.lookup(body, attempt_at_ms).await {
+            let why = match self.lookup(body, since).await {
                 Ok((sent, _)) if sent > earlier => break Resolution::Sent,
                 Ok((_, 0)) => break Resolution::NotSent,
                 Ok(_) => "the call is still PENDING in Khoros' request log".to_string(),

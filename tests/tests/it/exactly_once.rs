@@ -833,7 +833,6 @@ async fn async_deliveries_that_never_arrive_hand_the_customer_over() {
 /// must be shown: the lost answer must not be resolved as "sent" on the strength of the first
 /// copy's request-log record.
 #[tokio::test]
-#[ignore = "bug: delivery::resolve matches any identical respond body in the request log; two async deliveries of one turn with the same text share coordinate+text, so a lost second answer is resolved as sent and the customer never gets it"]
 async fn async_identical_texts_in_one_turn_survive_a_lost_answer() {
     let author = "eo-6d";
     let user = kore_user(author);
