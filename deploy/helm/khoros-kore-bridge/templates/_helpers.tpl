@@ -118,6 +118,7 @@ whose _FILE twin points at the file.
 {{- if eq $root.Values.kore.mode "async" }}{{ $wanted = append $wanted (list "koreCallbackToken" "KORE_CALLBACK_TOKEN") }}{{ end -}}
 {{- else if eq .component "worker" -}}
 {{- $wanted = append $wanted (list "koreClientSecret" "KORE_CLIENT_SECRET") -}}
+{{- $wanted = append $wanted (list "koreUserIdKey" "KORE_USER_ID_KEY") -}}
 {{- $wanted = append $wanted (list "khorosToken" "KHOROS_TOKEN") -}}
 {{- else if eq .component "scheduler" -}}
 {{- $wanted = append $wanted (list "khorosToken" "KHOROS_TOKEN") -}}
