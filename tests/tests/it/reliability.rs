@@ -30,9 +30,9 @@ impl WorkerProcess {
             .envs(vars.iter().cloned())
             .env("WORKER_LISTEN", "127.0.0.1:0")
             .env("METRICS_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,worker::ownership=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_sink())
             .spawn()
             .expect("spawn worker process");
         Self(child)
@@ -42,6 +42,19 @@ impl WorkerProcess {
     fn kill(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Worker logs go to `BRIDGE_TEST_WORKER_LOG` (appended) when set, for debugging a run.
+fn log_sink() -> Stdio {
+    match std::env::var("BRIDGE_TEST_WORKER_LOG") {
+        Ok(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        Err(_) => Stdio::null(),
     }
 }
 

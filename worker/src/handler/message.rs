@@ -127,7 +127,8 @@ pub async fn handle(
         }
         poll_more(h, env, &mut tracked, &kore_user).await?;
     };
-    if first_reply && responded {
+    // Only remembered when there are tags to apply once (saves a KV round trip otherwise).
+    if first_reply && responded && !h.config.bot_reply_tags.is_empty() {
         h.conversations
             .modify(&key, |r| r.bot_tagged = true)
             .await?;

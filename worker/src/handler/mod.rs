@@ -183,6 +183,7 @@ impl Handlers {
         let settle = self.deliver(env, tracked, steps, conversation_key).await?;
         if settle == Settle::Ack
             && first_reply
+            && !self.config.bot_reply_tags.is_empty()
             && steps.iter().any(|s| matches!(s, Step::Respond(_)))
         {
             self.conversations

@@ -33,6 +33,9 @@ use self::members::{Announcement, Members};
 use crate::config::EventKind;
 use crate::telemetry;
 
+/// Heartbeats between two full reads of the partition table.
+const SNAPSHOT_EVERY_TICKS: u64 = 10;
+
 /// A running partition, as its starter returns it.
 pub struct Running {
     /// Stop pulling, finish what is in hand, give back the rest, then end.
@@ -101,8 +104,20 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         while let Some(key) = keys.next().await {
             names.push(key.map_err(|e| e.to_string())?);
         }
-        for key in names {
-            if let Some(entry) = self.kv.entry(key).await.map_err(|e| e.to_string())? {
+        let present: std::collections::HashSet<Slot> = names
+            .iter()
+            .filter_map(|k| k.strip_prefix("owner.").and_then(Slot::parse))
+            .collect();
+        self.owners.retain(|slot, _| present.contains(slot));
+        let kv = self.kv.clone();
+        let mut entries = futures::stream::iter(names)
+            .map(|key| {
+                let kv = kv.clone();
+                async move { kv.entry(key).await }
+            })
+            .buffer_unordered(32);
+        while let Some(entry) = entries.next().await {
+            if let Some(entry) = entry.map_err(|e| e.to_string())? {
                 self.apply(entry);
             }
         }
@@ -120,9 +135,14 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         let heartbeat = (self.config.member_timeout / 4).max(Duration::from_millis(100));
-        let mut ticker = tokio::time::interval(heartbeat);
+        // Announce, then let one heartbeat pass before claiming: replicas started together see
+        // each other first, instead of one claiming everything and handing most of it back.
+        self.announce().await;
+        let claim_from = tokio::time::Instant::now() + heartbeat;
+        let mut ticker = tokio::time::interval_at(claim_from, heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch = None;
+        let mut ticks: u64 = 0;
         loop {
             if watch.is_none() {
                 match self.kv.watch_with_history(">").await {
@@ -135,6 +155,14 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
                     self.announce().await;
+                    ticks += 1;
+                    // A safety net under the watch: re-read the table now and then, so a watch
+                    // that silently stopped cannot leave this view stale.
+                    if ticks % SNAPSHOT_EVERY_TICKS == 0 {
+                        if let Err(e) = self.load_snapshot().await {
+                            tracing::warn!(error = %e, "partition table not re-read");
+                        }
+                    }
                     self.reconcile().await;
                 }
                 entry = async { watch.as_mut().expect("checked").next().await }, if watch.is_some() => {
@@ -145,7 +173,9 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                             while let Some(Some(Ok(entry))) = watch.as_mut().expect("checked").next().now_or_never() {
                                 self.apply(entry);
                             }
-                            self.reconcile().await;
+                            if tokio::time::Instant::now() >= claim_from {
+                                self.reconcile().await;
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "partition watch failed; watching again");
@@ -196,6 +226,15 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 self.members.seen(id, &announcement, age);
             }
         } else if let Some(slot) = entry.key.strip_prefix("owner.").and_then(Slot::parse) {
+            // The watch may deliver a change older than one this replica already applied
+            // (its own claim, or a snapshot read): keep the newest.
+            if self
+                .owners
+                .get(&slot)
+                .is_some_and(|(_, known)| *known > entry.revision)
+            {
+                return;
+            }
             if deleted {
                 self.owners.remove(&slot);
             } else {
@@ -232,7 +271,12 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                     }
                     // The record vanished (the bucket was recreated): write it again.
                     None => {
-                        if !self.claim(slot, None).await {
+                        let ours = self.claim(slot, None).await
+                            || self
+                                .owners
+                                .get(&slot)
+                                .is_some_and(|(owner, _)| *owner == me);
+                        if !ours {
                             if let Some(Local::Running(running)) = self.local.remove(&slot) {
                                 running.lost.cancel();
                             }
@@ -252,6 +296,11 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                     Some(_) => {}
                 },
                 Some(Local::Releasing(_)) => {}
+                // A record of ours for a partition we neither run nor should own (a release
+                // whose delete failed): release it now.
+                None if !should_own && record.as_ref().is_some_and(|(owner, _)| *owner == me) => {
+                    self.give_up_record(slot).await;
+                }
                 None if should_own => {
                     let free = match &record {
                         None => true,
@@ -322,14 +371,27 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         }
     }
 
+    /// Deletes this replica's record of `slot`. When the delete fails the record stays in the
+    /// view, still naming this replica, and the next reconcile deletes it again: a record left
+    /// behind would keep the partition from everyone.
     async fn give_up_record(&mut self, slot: Slot) {
         if let Some((owner, rev)) = self.owners.get(&slot).cloned() {
             if owner == self.config.member_id {
-                let _ = self
+                match self
                     .kv
                     .delete_expect_revision(slot.owner_key(), Some(rev))
-                    .await;
-                self.owners.remove(&slot);
+                    .await
+                {
+                    Ok(()) => {
+                        self.owners.remove(&slot);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = slot.partition, kind = slot.kind.as_str(), error = %e, "owner record not released yet; retrying");
+                        if let Ok(Some(entry)) = self.kv.entry(slot.owner_key()).await {
+                            self.apply(entry);
+                        }
+                    }
+                }
             }
         }
     }

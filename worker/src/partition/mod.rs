@@ -109,7 +109,7 @@ async fn recreate_consumer(
     let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
     let stream = ctx
         .js
-        .get_stream(stream_name)
+        .get_stream_no_info(stream_name)
         .await
         .map_err(WorkerError::infra)?;
     let name = consumer_name(slot.kind, slot.partition);
@@ -138,7 +138,7 @@ async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, Worker
     let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
     let stream = ctx
         .js
-        .get_stream(stream_name)
+        .get_stream_no_info(stream_name)
         .await
         .map_err(WorkerError::infra)?;
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
@@ -148,6 +148,14 @@ async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, Worker
         )
         .await
         .map_err(WorkerError::infra)?;
+    pull_from(ctx, &consumer).await
+}
+
+/// The continuous pull of `consumer`.
+async fn pull_from(
+    ctx: &PartitionContext,
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+) -> Result<pull::Stream, WorkerError> {
     let batch = (ctx.handlers.config.partition_max_in_flight.max(1) as usize).min(256);
     consumer
         .stream()
@@ -166,9 +174,14 @@ async fn run(
     lost: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    loop {
-        match recreate_consumer(&ctx, slot).await {
-            Ok(_) => break,
+    // Just claimed: the fresh consumer is pulled at once (later re-opens check ownership).
+    let mut messages: Option<pull::Stream> = loop {
+        let opened = match recreate_consumer(&ctx, slot).await {
+            Ok(consumer) => pull_from(&ctx, &consumer).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(stream) => break Some(stream),
             Err(e) => {
                 tracing::warn!(error = %e, "consumer not available; retrying");
                 tokio::select! {
@@ -179,10 +192,13 @@ async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    };
+    let cancel = Cancel {
+        stop: stop.clone(),
+        lost: lost.clone(),
+    };
     let mut lanes: Lanes<Held> = Lanes::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut messages: Option<pull::Stream> = None;
     let mut stopping = false;
     let beat = (ctx.handlers.config.ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -234,7 +250,7 @@ async fn run(
                             give_back(&ctx, held).await;
                         }
                     } else {
-                        spawn_handling(&ctx, slot.kind, next, lost.clone(), done_tx.clone());
+                        spawn_handling(&ctx, slot.kind, next, cancel.clone(), done_tx.clone());
                     }
                 }
                 if stopping && lanes.running() == 0 {
@@ -246,7 +262,7 @@ async fn run(
                     if let Some(held) = admit(&ctx, slot.kind, message).await {
                         let lane = held.lane.clone();
                         if let Some(ready) = lanes.admit(&lane, held) {
-                            spawn_handling(&ctx, slot.kind, ready, lost.clone(), done_tx.clone());
+                            spawn_handling(&ctx, slot.kind, ready, cancel.clone(), done_tx.clone());
                         }
                     }
                 }
@@ -374,7 +390,7 @@ fn spawn_handling(
     ctx: &Arc<PartitionContext>,
     kind: EventKind,
     held: Held,
-    lost: CancellationToken,
+    cancel: Cancel,
     done: mpsc::UnboundedSender<String>,
 ) {
     let ctx = ctx.clone();
@@ -389,7 +405,7 @@ fn spawn_handling(
         async move {
             let lane = held.lane.clone();
             let id = held.id;
-            handle(&ctx, kind, held, &lost).await;
+            handle(&ctx, kind, held, &cancel).await;
             ctx.stuck.release(id);
             let _ = done.send(lane);
         }
@@ -397,10 +413,20 @@ fn spawn_handling(
     );
 }
 
+/// How a running event learns that its partition is going away.
+#[derive(Clone)]
+struct Cancel {
+    /// Released: an event not started yet goes back at once (the next owner takes it).
+    stop: CancellationToken,
+    /// Lost or past the shutdown deadline: everything goes back, even mid-handling.
+    lost: CancellationToken,
+}
+
 /// Waits for a permit, handles the event (retrying NATS trouble in place for a bounded time,
 /// then dead-lettering), and settles it; in-progress acks throughout.
-async fn handle(ctx: &PartitionContext, kind: EventKind, held: Held, lost: &CancellationToken) {
+async fn handle(ctx: &PartitionContext, kind: EventKind, held: Held, cancel: &Cancel) {
     let Held { message, env, .. } = held;
+    let lost = &cancel.lost;
     let config = &ctx.handlers.config;
     let beat = (config.ack_wait / 3).max(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -411,6 +437,12 @@ async fn handle(ctx: &PartitionContext, kind: EventKind, held: Held, lost: &Canc
                 Err(_) => return,
             },
             _ = heartbeat.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            // Not started: give it back rather than make the partition's release wait for a
+            // permit behind every other partition's events.
+            _ = cancel.stop.cancelled() => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
             _ = lost.cancelled() => {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
                 return;
