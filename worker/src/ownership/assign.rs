@@ -1,6 +1,8 @@
 //! Which replica should own each (event type, partition): rendezvous hashing over the live
-//! members that consume the type. Every replica computes the same answer from the same member
-//! list, and a member joining or leaving moves only the partitions it wins or held.
+//! members that consume the type, with bounded load. Every replica computes the same answer
+//! from the same member list; each member gets at most ⌈partitions ÷ members⌉ (so the busiest
+//! replica, which sets a backlog's drain time, has no more than its share), and a member
+//! joining or leaving moves few partitions beyond those it wins or held.
 
 use crate::config::EventKind;
 
@@ -44,11 +46,40 @@ fn score(member: &str, slot: Slot) -> u64 {
     hash ^ (hash >> 31)
 }
 
-/// The member that should own `slot` (highest score; ties broken by id).
+/// Plain rendezvous: the member with the highest score for `slot` (ties broken by id).
+#[cfg(test)]
 pub fn owner<'a>(slot: Slot, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     members
         .into_iter()
         .max_by(|a, b| score(a, slot).cmp(&score(b, slot)).then(a.cmp(b)))
+}
+
+/// The owner of each partition of `kind` (index = partition): partitions in order take their
+/// highest-scoring member that still has room.
+pub fn balanced<'a>(kind: EventKind, partitions: u32, members: &[&'a str]) -> Vec<Option<&'a str>> {
+    if members.is_empty() {
+        return vec![None; partitions as usize];
+    }
+    let capacity = (partitions as usize).div_ceil(members.len());
+    let mut load = vec![0usize; members.len()];
+    let mut ranked: Vec<usize> = (0..members.len()).collect();
+    (0..partitions)
+        .map(|partition| {
+            let slot = Slot { kind, partition };
+            ranked.sort_by(|&a, &b| {
+                score(members[b], slot)
+                    .cmp(&score(members[a], slot))
+                    .then(members[a].cmp(members[b]))
+            });
+            let chosen = ranked
+                .iter()
+                .copied()
+                .find(|&m| load[m] < capacity)
+                .expect("capacity × members ≥ partitions");
+            load[chosen] += 1;
+            Some(members[chosen])
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -89,6 +120,27 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn balanced_shares_never_exceed_the_ceiling_and_joins_move_little() {
+        let three = ["worker-a1", "worker-b2", "worker-c3"];
+        let before = balanced(EventKind::Message, 256, &three);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for owner in &before {
+            *counts.entry(owner.unwrap()).or_default() += 1;
+        }
+        let (min, max) = (
+            counts.values().min().unwrap(),
+            counts.values().max().unwrap(),
+        );
+        assert!(*max <= 86 && *min >= 80, "{counts:?}");
+        let four = ["worker-a1", "worker-b2", "worker-c3", "worker-d4"];
+        let after = balanced(EventKind::Message, 256, &four);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        // The newcomer's share is 64; shuffles among the others stay small.
+        assert!(moved <= 100, "{moved} partitions moved");
+        assert_eq!(balanced(EventKind::Message, 4, &[]), vec![None; 4]);
     }
 
     #[test]

@@ -254,12 +254,21 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 let _ = self.kv.delete(format!("member.{gone}")).await;
             }
         }
-        for slot in self.my_slots() {
-            let mut candidates = self.members.live_for(slot.kind, timeout);
+        let mut shares: HashMap<EventKind, Vec<bool>> = HashMap::new();
+        for &kind in &self.config.types {
+            let mut candidates = self.members.live_for(kind, timeout);
             if !candidates.contains(&me.as_str()) {
                 candidates.push(&me);
             }
-            let should_own = assign::owner(slot, candidates.iter().copied()) == Some(me.as_str());
+            candidates.sort_unstable();
+            let mine = assign::balanced(kind, self.config.partitions, &candidates)
+                .into_iter()
+                .map(|owner| owner == Some(me.as_str()))
+                .collect();
+            shares.insert(kind, mine);
+        }
+        for slot in self.my_slots() {
+            let should_own = shares[&slot.kind][slot.partition as usize];
             let record = self.owners.get(&slot).cloned();
             match self.local.get(&slot) {
                 Some(Local::Running(_)) => match &record {
