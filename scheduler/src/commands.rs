@@ -12,9 +12,10 @@ use shared::token::TokenRecord;
 use crate::config::SchedulerConfig;
 use crate::kv::{KvError, Versioned};
 use crate::lease::{Lease, LeaseRecord};
-use crate::rotation::{CheckOutcome, RotationReport, RotationState, Rotator};
+use crate::rotation::{AttemptStatus, CheckOutcome, RotationReport, RotationState, Rotator};
 use crate::schedule::Decision;
 use crate::service::Stores;
+use crate::verify::{self, Verdict};
 use shared::khoros::KhorosApi;
 
 /// How long a command waits for NATS before giving up.
@@ -121,6 +122,24 @@ pub struct TokenStatus {
     pub token: Option<TokenView>,
     pub last_rotation: Option<RotationState>,
     pub lease: Option<LeaseView>,
+    /// What Khoros says about the stored token (bot health with it); `None` without a token.
+    pub check: Option<Verdict>,
+    /// Set when the token is lost: the likely cause and what the operator must do.
+    pub lost: Option<LostToken>,
+}
+
+/// Why the token is lost and how to recover.
+#[derive(Clone, Debug, Serialize)]
+pub struct LostToken {
+    pub cause: String,
+    pub recovery: Vec<&'static str>,
+}
+
+impl TokenStatus {
+    /// The token in KV is lost (the binary then exits 1).
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
+    }
 }
 
 /// The stored token, without the token.
@@ -158,13 +177,47 @@ pub async fn token_status(config: &SchedulerConfig) -> Result<TokenStatus, Comma
         .snapshot()
         .await?;
     let lease = Lease::current(&stores.leases).await?;
-    Ok(describe(
+    let check = match &snapshot.token {
+        Some(token) => {
+            let api = KhorosApi::new(&config.khoros_api_url, config.khoros_timeout);
+            Some(verify::check(&api, &config.app_id, &token.value, config.clock.now_ms()).await)
+        }
+        None => None,
+    };
+    let mut status = describe(
         config,
         config.clock.now_ms(),
         snapshot.token,
         snapshot.last.map(|l| l.value),
         lease.map(|l| l.value),
-    ))
+    );
+    if check == Some(Verdict::Lost) {
+        status.lost = Some(LostToken {
+            cause: lost_cause(status.last_rotation.as_ref()),
+            recovery: verify::RECOVERY.to_vec(),
+        });
+    }
+    status.check = check;
+    Ok(status)
+}
+
+/// The most likely reason Khoros refuses the stored token.
+fn lost_cause(last: Option<&RotationState>) -> String {
+    let base = "Khoros answers 401 to the token stored in KV and its 10-minute refresh grace is \
+                over, so rotation cannot recover it";
+    match last {
+        Some(l) if l.status != AttemptStatus::Success => format!(
+            "{base}. The last rotation attempt ({}, {}) may have been answered by Khoros \
+             without the new token reaching KV, or the token was refreshed or revoked \
+             outside the bridge.",
+            l.status.label(),
+            l.error.as_deref().unwrap_or("no error recorded")
+        ),
+        _ => format!(
+            "{base}. The token was refreshed or revoked outside the bridge (another system \
+             using the same app id, or DELETE on the tokens endpoint)."
+        ),
+    }
 }
 
 fn describe(
@@ -200,6 +253,8 @@ fn describe(
             acquired_at_ms: l.acquired_at_ms,
             expires_at_ms: l.expires_at_ms,
         }),
+        check: None,
+        lost: None,
     }
 }
 

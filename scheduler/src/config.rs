@@ -39,6 +39,9 @@ pub struct SchedulerConfig {
     pub schedule: SchedulePolicy,
     /// `TOKEN_CHECK_INTERVAL` (default `1m`): how often the rotation loop wakes up.
     pub check_interval: Duration,
+    /// `TOKEN_VERIFY_INTERVAL` (default `1m`, `0` = off): how often every replica checks the
+    /// stored token with Khoros (bot health) to detect a lost token.
+    pub verify_interval: Duration,
     /// `SCHEDULER_ID` (default `<hostname>-<random>`): this replica's name in the lease.
     pub scheduler_id: String,
     /// `METRICS_INTERVAL` (default `15s`, `0` = off): how often JetStream state is sampled.
@@ -85,6 +88,7 @@ impl SchedulerConfig {
             seed_expires_at_ms: env.parse("KHOROS_TOKEN_EXPIRES_AT_MS", 0)?,
             schedule,
             check_interval: positive(env, "TOKEN_CHECK_INTERVAL", Duration::from_secs(60))?,
+            verify_interval: env.duration("TOKEN_VERIFY_INTERVAL", Duration::from_secs(60))?,
             scheduler_id: env.get("SCHEDULER_ID").unwrap_or_else(default_scheduler_id),
             metrics_interval: env.duration("METRICS_INTERVAL", Duration::from_secs(15))?,
             retry,

@@ -17,6 +17,7 @@
 //! - [`kv`]: typed JSON records in KV with compare-and-set writes.
 //! - [`jetstream_metrics`]: stream depth, consumer lag and dead-letter gauges.
 //! - [`commands`]: the `rotate-now` and `token-status` operator commands.
+//! - [`verify`]: is the stored token still accepted (lost-token detection).
 //! - [`telemetry`]: the scheduler's metric names.
 
 pub mod app;
@@ -29,6 +30,7 @@ pub mod rotation;
 pub mod schedule;
 pub mod service;
 pub mod telemetry;
+pub mod verify;
 
 pub use app::App;
 pub use config::SchedulerConfig;

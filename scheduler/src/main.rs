@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .await
                 .context("token-status")?;
             println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(ExitCode::SUCCESS)
+            Ok(if status.is_lost() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

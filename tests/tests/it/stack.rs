@@ -154,18 +154,21 @@ impl Stack {
     /// store the new one in KV. Returns the new token.
     pub async fn rotate_token(&self) -> String {
         let api = shared::khoros::KhorosApi::new(&self.khoros.base_url(), Duration::from_secs(5));
-        let grant = api
+        let shared::khoros::Refreshed::Grant(grant) = api
             .refresh_token(&Secret::new(TEST_TOKEN), "kore-bridge")
             .await
-            .expect("refresh");
+            .expect("refresh")
+        else {
+            panic!("khoros-sim answered a grant without a token");
+        };
         let js = crate::helpers::jetstream(&self.nats).await;
         let kv = js
             .get_key_value(shared::topology::buckets::TOKENS)
             .await
             .expect("tokens bucket");
         let record = shared::token::TokenRecord {
-            token: grant.token.clone(),
-            expires_at_ms: grant.expires_at_ms,
+            token: grant.token.expose().to_string(),
+            expires_at_ms: grant.expires_at_ms.unwrap_or(0),
             rotated_at_ms: 0,
             source: "rotation".into(),
         };
@@ -175,7 +178,7 @@ impl Stack {
         )
         .await
         .expect("store token");
-        grant.token
+        grant.token.expose().to_string()
     }
 
     /// The bot's `/respond` texts to `author`, once there are `n`.
