@@ -319,7 +319,8 @@ impl Handlers {
                 return Ok(StepOutcome::Failed(StepFailure {
                     step: step.name(),
                     status: "-".into(),
-                    error: "no Bot API token in KV (seed KHOROS_TOKEN or run the scheduler)".into(),
+                    error: "no Bot API token in KV (the scheduler seeds it from its KHOROS_TOKEN)"
+                        .into(),
                     body_excerpt: String::new(),
                     attempts,
                 }));

@@ -103,7 +103,7 @@ impl Stack {
         .await
         .expect("start khoros-sim");
         let kore = KoreSim::start(kore).await.expect("start kore-sim");
-        Self {
+        let stack = Self {
             nats,
             ingress,
             khoros,
@@ -113,7 +113,12 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        }
+        };
+        // Workers only read the token; the scheduler (not run here) would seed it.
+        bridge_tests::token_seed::seed_token(&stack.nats.url(), &stack.worker_env(), TEST_TOKEN)
+            .await
+            .expect("seed the token record");
+        stack
     }
 
     /// The worker settings as variables, for a worker process.
