@@ -21,38 +21,6 @@ use shared::khoros::KhorosApi;
 /// How long a command waits for NATS before giving up.
 const NATS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Usage text of the binary.
-pub const USAGE: &str = "usage: scheduler [serve | rotate-now | token-status]
-  serve         run the service (default)
-  rotate-now    rotate the Bot API token once, print the result as JSON, exit 1 on failure
-  token-status  print the token's expiry, age, last rotation and lease holder as JSON";
-
-/// What the binary was asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    Serve,
-    RotateNow,
-    TokenStatus,
-}
-
-impl Command {
-    /// Parses the arguments after the program name.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
-        let args: Vec<String> = args.into_iter().collect();
-        match args
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            [] | ["serve"] => Ok(Command::Serve),
-            ["rotate-now"] => Ok(Command::RotateNow),
-            ["token-status"] => Ok(Command::TokenStatus),
-            _ => Err(format!("unknown arguments {args:?}\n{USAGE}")),
-        }
-    }
-}
-
 /// Why a command could not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -264,16 +232,6 @@ pub use shared::auth::clock::rfc3339;
 mod tests {
     use super::*;
     use shared::config::Env;
-
-    #[test]
-    fn commands_parse() {
-        let parse = |a: &[&str]| Command::parse(a.iter().map(|s| s.to_string()));
-        assert_eq!(parse(&[]), Ok(Command::Serve));
-        assert_eq!(parse(&["serve"]), Ok(Command::Serve));
-        assert_eq!(parse(&["rotate-now"]), Ok(Command::RotateNow));
-        assert_eq!(parse(&["token-status"]), Ok(Command::TokenStatus));
-        assert!(parse(&["rotate"]).unwrap_err().contains("usage"));
-    }
 
     #[test]
     fn timestamps_format_as_rfc3339() {
