@@ -180,6 +180,15 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_outlives_every_retry_of_the_refresh() {
+        // The retry budget bounds Retry-After too, so this sum is the refresh's worst case.
+        let c = SchedulerConfig::from_env(&env(&[("KHOROS_RETRY_MAX_ELAPSED", "5m")])).unwrap();
+        let attempts = u32::try_from(c.retry.max_retries + 1).unwrap();
+        let worst = c.retry.max_elapsed + c.khoros_timeout * attempts;
+        assert!(c.schedule.claim_timeout > worst, "{c:?}");
+    }
+
+    #[test]
     fn ids_from_two_replicas_differ() {
         assert_ne!(default_scheduler_id(), default_scheduler_id());
     }

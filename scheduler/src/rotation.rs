@@ -7,8 +7,11 @@
 //! started from. An attempt (1) reads that record, then the token; (2) claims the rotation by
 //! writing an `in_progress` record with compare-and-set on the record it read; only then
 //! (3) calls Khoros; and (4) writes the new token with compare-and-set on the token revision
-//! it read. A scheduler that read before the claim loses step 2; one that reads after it sees
-//! the claim (or the new token) and waits. So Khoros sees at most one refresh per token.
+//! it read, retrying until NATS takes it (after a 2xx the grant is the only copy). A
+//! scheduler that read before the claim loses step 2; one that reads after it sees the claim
+//! (or the new token) and waits. So Khoros sees at most one refresh per token, as long as
+//! the refresh ends within the claim timeout, which covers the whole retry budget
+//! (`Retry-After` included, see [`shared::retry`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use shared::auth::Clock;
-use shared::retry::{retry, RetryClass, RetryPolicy};
+use shared::retry::{retry, RetryPolicy};
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::upstream::{self, UpstreamError};
 use shared::Secret;
@@ -160,12 +163,6 @@ const STORE_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Khoros' tokens live 90 days (`docs/vendors/khoros-bot-api-v3.md`, "Tokens"): assumed when
 /// a grant's expiry is missing or not plausible.
 const TOKEN_LIFE_MS: i64 = 90 * 86_400_000;
-
-impl RetryClass for KvError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, KvError::Nats { .. })
-    }
-}
 
 impl Rotator {
     pub fn new(
@@ -472,6 +469,7 @@ pub fn record_token_gauges(snapshot: &Snapshot, now_ms: i64, schedule: &Schedule
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::retry::RetryClass;
 
     fn status(code: u16) -> UpstreamError {
         UpstreamError::Status {
