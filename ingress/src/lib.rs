@@ -14,6 +14,7 @@
 //!   for users with a bot turn outstanding, deduplicated by body hash.
 //! - [`server`]: the hardened listener (connection cap, header deadline, graceful drain).
 //! - [`body`]: reading bodies within a deadline, a size limit and a shared memory budget.
+//! - [`cli`]: the command line (clap) and exit codes.
 //! - [`process`]: the process around the app: telemetry, configuration, runtime.
 //! - [`publish`]: publishing with a PubAck deadline.
 //! - [`error`]: `IngressError`, the one mapping from failure to status code.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod intake;

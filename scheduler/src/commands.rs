@@ -12,45 +12,14 @@ use shared::token::TokenRecord;
 use crate::config::SchedulerConfig;
 use crate::kv::{KvError, Versioned};
 use crate::lease::{Lease, LeaseRecord};
-use crate::rotation::{CheckOutcome, RotationReport, RotationState, Rotator};
+use crate::rotation::{AttemptStatus, CheckOutcome, RotationReport, RotationState, Rotator};
 use crate::schedule::Decision;
 use crate::service::Stores;
+use crate::verify::{self, Verdict};
 use shared::khoros::KhorosApi;
 
 /// How long a command waits for NATS before giving up.
 const NATS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Usage text of the binary.
-pub const USAGE: &str = "usage: scheduler [serve | rotate-now | token-status]
-  serve         run the service (default)
-  rotate-now    rotate the Bot API token once, print the result as JSON, exit 1 on failure
-  token-status  print the token's expiry, age, last rotation and lease holder as JSON";
-
-/// What the binary was asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    Serve,
-    RotateNow,
-    TokenStatus,
-}
-
-impl Command {
-    /// Parses the arguments after the program name.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
-        let args: Vec<String> = args.into_iter().collect();
-        match args
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            [] | ["serve"] => Ok(Command::Serve),
-            ["rotate-now"] => Ok(Command::RotateNow),
-            ["token-status"] => Ok(Command::TokenStatus),
-            _ => Err(format!("unknown arguments {args:?}\n{USAGE}")),
-        }
-    }
-}
 
 /// Why a command could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +90,24 @@ pub struct TokenStatus {
     pub token: Option<TokenView>,
     pub last_rotation: Option<RotationState>,
     pub lease: Option<LeaseView>,
+    /// What Khoros says about the stored token (bot health with it); `None` without a token.
+    pub check: Option<Verdict>,
+    /// Set when the token is lost: the likely cause and what the operator must do.
+    pub lost: Option<LostToken>,
+}
+
+/// Why the token is lost and how to recover.
+#[derive(Clone, Debug, Serialize)]
+pub struct LostToken {
+    pub cause: String,
+    pub recovery: Vec<&'static str>,
+}
+
+impl TokenStatus {
+    /// The token in KV is lost (the binary then exits 1).
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
+    }
 }
 
 /// The stored token, without the token.
@@ -158,13 +145,47 @@ pub async fn token_status(config: &SchedulerConfig) -> Result<TokenStatus, Comma
         .snapshot()
         .await?;
     let lease = Lease::current(&stores.leases).await?;
-    Ok(describe(
+    let check = match &snapshot.token {
+        Some(token) => {
+            let api = KhorosApi::new(&config.khoros_api_url, config.khoros_timeout);
+            Some(verify::check(&api, &config.app_id, &token.value, config.clock.now_ms()).await)
+        }
+        None => None,
+    };
+    let mut status = describe(
         config,
         config.clock.now_ms(),
         snapshot.token,
         snapshot.last.map(|l| l.value),
         lease.map(|l| l.value),
-    ))
+    );
+    if check == Some(Verdict::Lost) {
+        status.lost = Some(LostToken {
+            cause: lost_cause(status.last_rotation.as_ref()),
+            recovery: verify::RECOVERY.to_vec(),
+        });
+    }
+    status.check = check;
+    Ok(status)
+}
+
+/// The most likely reason Khoros refuses the stored token.
+fn lost_cause(last: Option<&RotationState>) -> String {
+    let base = "Khoros answers 401 to the token stored in KV and its 10-minute refresh grace is \
+                over, so rotation cannot recover it";
+    match last {
+        Some(l) if l.status != AttemptStatus::Success => format!(
+            "{base}. The last rotation attempt ({}, {}) may have been answered by Khoros \
+             without the new token reaching KV, or the token was refreshed or revoked \
+             outside the bridge.",
+            l.status.label(),
+            l.error.as_deref().unwrap_or("no error recorded")
+        ),
+        _ => format!(
+            "{base}. The token was refreshed or revoked outside the bridge (another system \
+             using the same app id, or DELETE on the tokens endpoint)."
+        ),
+    }
 }
 
 fn describe(
@@ -200,6 +221,8 @@ fn describe(
             acquired_at_ms: l.acquired_at_ms,
             expires_at_ms: l.expires_at_ms,
         }),
+        check: None,
+        lost: None,
     }
 }
 
@@ -209,16 +232,6 @@ pub use shared::auth::clock::rfc3339;
 mod tests {
     use super::*;
     use shared::config::Env;
-
-    #[test]
-    fn commands_parse() {
-        let parse = |a: &[&str]| Command::parse(a.iter().map(|s| s.to_string()));
-        assert_eq!(parse(&[]), Ok(Command::Serve));
-        assert_eq!(parse(&["serve"]), Ok(Command::Serve));
-        assert_eq!(parse(&["rotate-now"]), Ok(Command::RotateNow));
-        assert_eq!(parse(&["token-status"]), Ok(Command::TokenStatus));
-        assert!(parse(&["rotate"]).unwrap_err().contains("usage"));
-    }
 
     #[test]
     fn timestamps_format_as_rfc3339() {

@@ -39,6 +39,9 @@ pub struct SchedulerConfig {
     pub schedule: SchedulePolicy,
     /// `TOKEN_CHECK_INTERVAL` (default `1m`): how often the rotation loop wakes up.
     pub check_interval: Duration,
+    /// `TOKEN_VERIFY_INTERVAL` (default `1m`, `0` = off): how often every replica checks the
+    /// stored token with Khoros (bot health) to detect a lost token.
+    pub verify_interval: Duration,
     /// `SCHEDULER_ID` (default `<hostname>-<random>`): this replica's name in the lease.
     pub scheduler_id: String,
     /// `METRICS_INTERVAL` (default `15s`, `0` = off): how often JetStream state is sampled.
@@ -85,6 +88,7 @@ impl SchedulerConfig {
             seed_expires_at_ms: env.parse("KHOROS_TOKEN_EXPIRES_AT_MS", 0)?,
             schedule,
             check_interval: positive(env, "TOKEN_CHECK_INTERVAL", Duration::from_secs(60))?,
+            verify_interval: env.duration("TOKEN_VERIFY_INTERVAL", Duration::from_secs(60))?,
             scheduler_id: env.get("SCHEDULER_ID").unwrap_or_else(default_scheduler_id),
             metrics_interval: env.duration("METRICS_INTERVAL", Duration::from_secs(15))?,
             retry,
@@ -173,6 +177,15 @@ mod tests {
         let c = SchedulerConfig::from_env(&env(&[("KHOROS_TOKEN", "tok-123")])).unwrap();
         assert_eq!(c.seed_token.as_ref().unwrap().expose(), "tok-123");
         assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn a_claim_outlives_every_retry_of_the_refresh() {
+        // The retry budget bounds Retry-After too, so this sum is the refresh's worst case.
+        let c = SchedulerConfig::from_env(&env(&[("KHOROS_RETRY_MAX_ELAPSED", "5m")])).unwrap();
+        let attempts = u32::try_from(c.retry.max_retries + 1).unwrap();
+        let worst = c.retry.max_elapsed + c.khoros_timeout * attempts;
+        assert!(c.schedule.claim_timeout > worst, "{c:?}");
     }
 
     #[test]

@@ -53,6 +53,18 @@ pub async fn read<T: DeserializeOwned>(
     }))
 }
 
+/// The revision a CAS write on `key` must name now (`None` when absent, deleted or purged),
+/// whether or not the value decodes.
+pub async fn revision(store: &Store, key: &str) -> Result<Option<u64>, KvError> {
+    let entry = store.entry(key).await.map_err(|e| KvError::Nats {
+        key: key.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(entry
+        .filter(|e| !matches!(e.operation, Operation::Delete | Operation::Purge))
+        .map(|e| e.revision))
+}
+
 /// Writes `value` if the key is still at `expected` (`None` = absent); returns the new revision.
 pub async fn write<T: Serialize>(
     store: &Store,

@@ -16,10 +16,13 @@
 //! - [`lease`]: the rotation lease (create / renew / take over / release).
 //! - [`kv`]: typed JSON records in KV with compare-and-set writes.
 //! - [`jetstream_metrics`]: stream depth, consumer lag and dead-letter gauges.
+//! - [`cli`]: the command line (clap) and exit codes.
 //! - [`commands`]: the `rotate-now` and `token-status` operator commands.
+//! - [`verify`]: is the stored token still accepted (lost-token detection).
 //! - [`telemetry`]: the scheduler's metric names.
 
 pub mod app;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod jetstream_metrics;
@@ -29,6 +32,7 @@ pub mod rotation;
 pub mod schedule;
 pub mod service;
 pub mod telemetry;
+pub mod verify;
 
 pub use app::App;
 pub use config::SchedulerConfig;

@@ -7,8 +7,11 @@
 //! started from. An attempt (1) reads that record, then the token; (2) claims the rotation by
 //! writing an `in_progress` record with compare-and-set on the record it read; only then
 //! (3) calls Khoros; and (4) writes the new token with compare-and-set on the token revision
-//! it read. A scheduler that read before the claim loses step 2; one that reads after it sees
-//! the claim (or the new token) and waits. So Khoros sees at most one refresh per token.
+//! it read, retrying until NATS takes it (after a 2xx the grant is the only copy). A
+//! scheduler that read before the claim loses step 2; one that reads after it sees the claim
+//! (or the new token) and waits. So Khoros sees at most one refresh per token, as long as
+//! the refresh ends within the claim timeout, which covers the whole retry budget
+//! (`Retry-After` included, see [`shared::retry`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use shared::auth::Clock;
-use shared::retry::{retry, RetryClass, RetryPolicy};
+use shared::retry::{retry, RetryPolicy};
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::upstream::{self, UpstreamError};
 use shared::Secret;
@@ -24,7 +27,7 @@ use shared::Secret;
 use crate::kv::{self, KvError, Versioned};
 use crate::schedule::{Decision, Reason, SchedulePolicy};
 use crate::telemetry;
-use shared::khoros::KhorosApi;
+use shared::khoros::{KhorosApi, Refreshed};
 
 /// Key of the last attempt's record, in the tokens bucket next to the token itself
 /// (workers watch only [`TOKEN_KEY`], so writing this one does not wake them).
@@ -45,8 +48,11 @@ pub enum AttemptStatus {
     TransportError,
     /// Another scheduler claimed or rotated first.
     Conflict,
-    /// NATS failed to store the claim or the new token.
+    /// NATS failed to store the claim (a new token is never given up: see [`Rotator::store_until_done`]).
     StoreError,
+    /// Khoros answered 2xx without a readable token. Not a failure: the old token is in its
+    /// grace and still refreshes, so the next check tries again at once.
+    GrantUnreadable,
 }
 
 impl AttemptStatus {
@@ -59,6 +65,7 @@ impl AttemptStatus {
             AttemptStatus::TransportError => "transport_error",
             AttemptStatus::Conflict => "conflict",
             AttemptStatus::StoreError => "store_error",
+            AttemptStatus::GrantUnreadable => "grant_unreadable",
         }
     }
 
@@ -148,19 +155,14 @@ pub struct Rotator {
     clock: Arc<dyn Clock>,
 }
 
-/// How hard to retry a KV write that carries a fresh token (losing it costs the token).
-const STORE_RETRY: RetryPolicy = RetryPolicy {
-    max_retries: 6,
-    min_delay: Duration::from_millis(100),
-    max_delay: Duration::from_secs(2),
-    max_elapsed: Duration::from_secs(10),
-};
+/// Backoff of the KV write that carries a fresh token: short steps, so the token lands
+/// within a second or two of NATS coming back; no limit, since giving up loses the token.
+const STORE_MIN_DELAY: Duration = Duration::from_millis(100);
+const STORE_MAX_DELAY: Duration = Duration::from_secs(1);
 
-impl RetryClass for KvError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, KvError::Nats { .. })
-    }
-}
+/// Khoros' tokens live 90 days (`docs/vendors/khoros-bot-api-v3.md`, "Tokens"): assumed when
+/// a grant's expiry is missing or not plausible.
+const TOKEN_LIFE_MS: i64 = 90 * 86_400_000;
 
 impl Rotator {
     pub fn new(
@@ -245,6 +247,43 @@ impl Rotator {
         }
     }
 
+    /// Writes a freshly granted token until KV takes it, however long NATS is away: Khoros
+    /// already put the old token into its grace, so this record is the only copy of the new
+    /// one. A conflict means someone wrote the key since the claim; the fresh grant still
+    /// wins, as Khoros invalidated every other token of the app when it issued this one.
+    async fn store_until_done(&self, record: &TokenRecord, base_revision: u64) -> u64 {
+        let mut expected = Some(base_revision);
+        let mut delay = STORE_MIN_DELAY;
+        let mut failures = 0u64;
+        loop {
+            match kv::write(&self.tokens, TOKEN_KEY, record, expected).await {
+                Ok(revision) => {
+                    metrics::gauge!(telemetry::TOKEN_UNSTORED).set(0.0);
+                    if failures > 0 {
+                        tracing::info!(failures, "the new token is stored after all");
+                    }
+                    return revision;
+                }
+                Err(KvError::Conflict { .. }) => {
+                    tracing::warn!("the token record changed during the rotation; storing the new token over it");
+                }
+                Err(error) => {
+                    failures += 1;
+                    metrics::gauge!(telemetry::TOKEN_UNSTORED).set(1.0);
+                    tracing::error!(%error, failures, retry_in = ?delay,
+                        "storing the new token failed; holding it and retrying until NATS takes it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(STORE_MAX_DELAY);
+                }
+            }
+            // The bucket may have been recreated or rewritten: fence on what is there now.
+            expected = match kv::revision(&self.tokens, TOKEN_KEY).await {
+                Ok(revision) => revision,
+                Err(_) => expected,
+            };
+        }
+    }
+
     async fn rotate(&self, snapshot: Snapshot, reason: Reason) -> RotationReport {
         let Some(token) = snapshot.token else {
             unreachable!("decide() only rotates a stored token");
@@ -306,68 +345,51 @@ impl Rotator {
         )
         .await;
 
-        // (4) Store the new token, fenced on the revision it replaces.
+        // (4) Store the new token first, before anything else can fail.
         let r = match result {
-            Ok(grant) => {
+            Ok(Refreshed::Grant(grant)) => {
                 let now = self.clock.now_ms();
                 let record = TokenRecord {
-                    token: grant.token,
-                    expires_at_ms: grant.expires_at_ms,
+                    token: grant.token.expose().to_string(),
+                    expires_at_ms: sane_expiry(grant.expires_at_ms, now),
                     rotated_at_ms: now,
                     source: "rotation".into(),
                 };
-                let stored = retry(
-                    STORE_RETRY,
-                    || kv::write(&self.tokens, TOKEN_KEY, &record, Some(token.revision)),
-                    |e: &KvError, wait| {
-                        tracing::warn!(error = %e, retry_in = ?wait, "storing the new token failed, retrying");
-                    },
-                )
-                .await;
-                match stored {
-                    Ok(revision) => {
-                        state.last_success_at_ms = Some(now);
-                        if self.schedule.due_at_ms(&record) <= now {
-                            tracing::warn!(
-                                expires_at_ms = record.expires_at_ms,
-                                "the new token already expires within TOKEN_EXPIRY_MARGIN; \
-                                 the margin is longer than the token's life"
-                            );
-                        }
-                        record_token_gauges(
-                            &Snapshot {
-                                last: None,
-                                token: Some(Versioned {
-                                    value: record.clone(),
-                                    revision,
-                                }),
-                            },
-                            now,
-                            &self.schedule,
-                        );
-                        report(
-                            AttemptStatus::Success,
-                            Some(record.expires_at_ms),
-                            None,
-                            retries,
-                        )
-                    }
-                    Err(e @ KvError::Conflict { .. }) => report(
-                        AttemptStatus::Conflict,
-                        None,
-                        Some(format!("new token discarded: {e}")),
-                        retries,
-                    ),
-                    Err(e) => report(
-                        AttemptStatus::StoreError,
-                        None,
-                        Some(format!(
-                            "new token could not be stored (the old one works 10 more minutes): {e}"
-                        )),
-                        retries,
-                    ),
+                let revision = self.store_until_done(&record, token.revision).await;
+                state.last_success_at_ms = Some(now);
+                if self.schedule.due_at_ms(&record) <= now {
+                    tracing::warn!(
+                        expires_at_ms = record.expires_at_ms,
+                        "the new token already expires within TOKEN_EXPIRY_MARGIN; \
+                         the margin is longer than the token's life"
+                    );
                 }
+                record_token_gauges(
+                    &Snapshot {
+                        last: None,
+                        token: Some(Versioned {
+                            value: record.clone(),
+                            revision,
+                        }),
+                    },
+                    now,
+                    &self.schedule,
+                );
+                report(
+                    AttemptStatus::Success,
+                    Some(record.expires_at_ms),
+                    None,
+                    retries,
+                )
             }
+            Ok(Refreshed::Unreadable(e)) => report(
+                AttemptStatus::GrantUnreadable,
+                None,
+                Some(format!(
+                    "{e}; the old token is in its 10-minute grace, retrying"
+                )),
+                retries,
+            ),
             Err(e) => report(AttemptStatus::of(&e), None, Some(e.to_string()), retries),
         };
 
@@ -380,6 +402,17 @@ impl Rotator {
         }
         finish_log(&r, token.revision);
         r
+    }
+}
+
+/// Khoros' expiry when plausible (in the future, within a year and a day), else 90 days.
+fn sane_expiry(granted: Option<i64>, now_ms: i64) -> i64 {
+    match granted {
+        Some(at) if at > now_ms && at <= now_ms + 366 * 86_400_000 => at,
+        _ => {
+            tracing::warn!("the grant has no plausible expiry; assuming the documented 90 days");
+            now_ms + TOKEN_LIFE_MS
+        }
     }
 }
 
@@ -436,6 +469,7 @@ pub fn record_token_gauges(snapshot: &Snapshot, now_ms: i64, schedule: &Schedule
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::retry::RetryClass;
 
     fn status(code: u16) -> UpstreamError {
         UpstreamError::Status {
@@ -487,7 +521,17 @@ mod tests {
     }
 
     #[test]
+    fn implausible_expiries_become_90_days() {
+        let now = 1_700_000_000_000;
+        assert_eq!(sane_expiry(Some(now + 5), now), now + 5);
+        assert_eq!(sane_expiry(None, now), now + TOKEN_LIFE_MS);
+        assert_eq!(sane_expiry(Some(1_723), now), now + TOKEN_LIFE_MS);
+        assert_eq!(sane_expiry(Some(i64::MAX), now), now + TOKEN_LIFE_MS);
+    }
+
+    #[test]
     fn only_khoros_failures_back_off() {
+        assert!(!AttemptStatus::GrantUnreadable.is_failure());
         assert!(AttemptStatus::ClientError.is_failure());
         assert!(AttemptStatus::TransportError.is_failure());
         assert!(!AttemptStatus::StoreError.is_failure());

@@ -15,6 +15,7 @@ use crate::config::SchedulerConfig;
 use crate::lease::{self, Leadership, Lease};
 use crate::rotation::{CheckOutcome, Rotator};
 use crate::schedule::Decision;
+use crate::verify;
 use shared::khoros::KhorosApi;
 
 /// The buckets the scheduler uses; `/readyz` covers exactly these.
@@ -105,6 +106,9 @@ pub async fn run(
     if !seed_when_possible(&config, &rotator, &shutdown).await {
         return;
     }
+    // Exported from the start, so dashboards and alert rules see 0 rather than nothing.
+    metrics::gauge!(crate::telemetry::TOKEN_LOST).set(0.0);
+    metrics::gauge!(crate::telemetry::TOKEN_UNSTORED).set(0.0);
     status.ready.store(true, Ordering::SeqCst);
     tracing::info!(scheduler_id = %config.scheduler_id, "scheduler ready");
 
@@ -128,6 +132,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(config.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_decision = None;
+    let api = KhorosApi::new(&config.khoros_api_url, config.khoros_timeout);
+    let mut verified: Option<(Instant, verify::Verdict)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -145,10 +151,29 @@ pub async fn run(
         } else if let Err(error) = rotator.observe().await {
             tracing::warn!(%error, "reading the token record failed");
         }
+        let due = verified
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= config.verify_interval);
+        if !config.verify_interval.is_zero() && due {
+            if let Some(verdict) = verify_stored(&rotator, &api, &config).await {
+                verify::record(&verdict, verified.as_ref().map(|(_, v)| v));
+                verified = Some((Instant::now(), verdict));
+            }
+        }
         status.checks.fetch_add(1, Ordering::SeqCst);
     }
     lease_stop.cancel();
     let _ = lease_task.await;
+}
+
+/// Checks the token in KV with Khoros; `None` when KV holds none or cannot be read.
+async fn verify_stored(
+    rotator: &Rotator,
+    api: &KhorosApi,
+    config: &SchedulerConfig,
+) -> Option<verify::Verdict> {
+    let token = rotator.snapshot().await.ok()?.token?;
+    Some(verify::check(api, &config.app_id, &token.value, config.clock.now_ms()).await)
 }
 
 /// Opens the buckets once the topology keeper has ensured them (it retries until NATS

@@ -13,9 +13,16 @@ pub const SINCE_LAST_ROTATION: &str = "scheduler_seconds_since_last_rotation";
 pub const NEXT_ROTATION: &str = "scheduler_next_rotation_timestamp_seconds";
 /// Gauge: 1 when a token is stored in KV, 0 when neither KV nor the config has one.
 pub const TOKEN_PRESENT: &str = "scheduler_token_present";
+/// Gauge: 1 while a freshly granted token waits for NATS to store it (the old token's
+/// 10-minute grace is running), 0 otherwise.
+pub const TOKEN_UNSTORED: &str = "scheduler_token_unstored";
+/// Gauge: 1 when Khoros refuses the stored token (401) and no grace can explain it: the
+/// token is lost and only an operator can replace it (`scheduler token-status` says how).
+pub const TOKEN_LOST: &str = "scheduler_token_lost";
 /// Counter, label `result`: success, client_error (4xx, not retried), server_error (5xx or 429
 /// after retries), transport_error (timeouts, connection errors after retries), conflict
-/// (another scheduler rotated or claimed first), store_error (NATS failed around the call).
+/// (another scheduler rotated or claimed first), store_error (NATS failed to store the claim),
+/// grant_unreadable (2xx without a token; retried at the next check).
 pub const ROTATIONS: &str = "scheduler_rotations_total";
 /// Gauge, label `holder`: 1 while this replica holds the rotation lease, 0 otherwise.
 pub const LEASE_HOLDER: &str = "scheduler_lease_holder";

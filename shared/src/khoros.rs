@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::upstream::{self, transient, UpstreamError};
@@ -23,13 +22,53 @@ pub struct KhorosApi {
     base_url: String,
 }
 
-/// A new token from `PUT /bots/v3/tokens/appId/{appId}`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A new token from `PUT /bots/v3/tokens/appId/{appId}`: only what the bridge needs, read
+/// leniently, because after a 2xx the old token is already in its 10-minute grace and this
+/// grant is the only copy of the new one (`docs/vendors/khoros-bot-api-v3.md`, "Refresh a token").
+#[derive(Clone, Debug)]
 pub struct TokenGrant {
-    pub token: String,
-    #[serde(rename = "expiresAtMillis", alias = "expiresAtMs")]
-    pub expires_at_ms: i64,
+    /// The new bearer token (a `Secret`: never printed).
+    pub token: Secret,
+    /// Khoros' expiry, epoch ms, when the grant carries a number under a known name; the
+    /// caller decides whether it is sane.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Why a 2xx grant could not be used. Never carries any part of the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("the token endpoint answered 2xx with a body that is not JSON")]
+    NotJson,
+    #[error("the token endpoint answered 2xx without a token string at data.token")]
+    NoToken,
+}
+
+impl TokenGrant {
+    /// Reads `data.token` (or a top-level `token`) and an expiry under any known spelling.
+    pub fn parse(body: &[u8]) -> Result<Self, GrantError> {
+        let value: Value = serde_json::from_slice(body).map_err(|_| GrantError::NotJson)?;
+        let data = value.get("data").unwrap_or(&value);
+        let token = data
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .ok_or(GrantError::NoToken)?;
+        let expires_at_ms = ["expiresAtMillis", "expiresAtMs", "expiresAt"]
+            .iter()
+            .find_map(|k| data.get(*k).and_then(Value::as_i64));
+        Ok(Self {
+            token: Secret::new(token.to_string()),
+            expires_at_ms,
+        })
+    }
+}
+
+/// What a refresh call produced.
+#[derive(Clone, Debug)]
+pub enum Refreshed {
+    Grant(TokenGrant),
+    /// Khoros answered 2xx (so the old token is now in its grace) but the body held no token.
+    Unreadable(GrantError),
 }
 
 impl KhorosApi {
@@ -128,15 +167,13 @@ impl KhorosApi {
     }
 
     /// `PUT /bots/v3/tokens/appId/{appId}`: a new token; the old one works 10 more minutes.
+    /// A 2xx is never an error. Error bodies are dropped: nothing from this endpoint may
+    /// end up in a log or a stored record.
     pub async fn refresh_token(
         &self,
         token: &Secret,
         app_id: &str,
-    ) -> Result<TokenGrant, UpstreamError> {
-        #[derive(Deserialize)]
-        struct Envelope {
-            data: TokenGrant,
-        }
+    ) -> Result<Refreshed, UpstreamError> {
         let path = format!("/bots/v3/tokens/appId/{}", encode(app_id));
         let (_, bytes) = self
             .call(
@@ -147,13 +184,33 @@ impl KhorosApi {
                 None,
                 transient,
             )
-            .await?;
-        serde_json::from_slice::<Envelope>(&bytes)
-            .map(|e| e.data)
-            .map_err(|e| UpstreamError::Decode {
-                endpoint: "tokens",
-                reason: e.to_string(),
-            })
+            .await
+            .map_err(|mut e| {
+                if let UpstreamError::Status { body, .. } = &mut e {
+                    body.clear();
+                }
+                e
+            })?;
+        Ok(match TokenGrant::parse(&bytes) {
+            Ok(grant) => Refreshed::Grant(grant),
+            Err(e) => Refreshed::Unreadable(e),
+        })
+    }
+
+    /// `GET /bots/v3/health/appId/{appId}`: a cheap authenticated read, used to learn whether
+    /// Khoros still accepts a token (`docs/vendors/khoros-bot-api-v3.md`, "Bot health").
+    pub async fn health(&self, token: &Secret, app_id: &str) -> Result<(), UpstreamError> {
+        let path = format!("/bots/v3/health/appId/{}", encode(app_id));
+        self.call(
+            "health",
+            reqwest::Method::GET,
+            &path,
+            token,
+            None,
+            transient,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `GET /bots/v3/request/appId/{appId}?from=..&origin=BOT`: recent calls of this bot,
@@ -208,14 +265,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_grant_reads_the_documented_field_and_the_old_spelling() {
+    fn the_grant_reads_the_documented_field_and_other_spellings() {
         for body in [
-            r#"{"token":"t","expiresAtMillis":1723327200000}"#,
-            r#"{"token":"t","expiresAtMs":1723327200000}"#,
+            r#"{"data":{"token":"t","expiresAtMillis":1723327200000}}"#,
+            r#"{"data":{"token":"t","expiresAtMs":1723327200000}}"#,
+            r#"{"token":"t","expiresAt":1723327200000}"#,
         ] {
-            let grant: TokenGrant = serde_json::from_str(body).unwrap();
-            assert_eq!(grant.expires_at_ms, 1_723_327_200_000);
+            let grant = TokenGrant::parse(body.as_bytes()).unwrap();
+            assert_eq!(grant.token.expose(), "t");
+            assert_eq!(grant.expires_at_ms, Some(1_723_327_200_000));
         }
+        let renamed = TokenGrant::parse(br#"{"data":{"token":"t","expiry":"soon"}}"#).unwrap();
+        assert_eq!(renamed.expires_at_ms, None);
+    }
+
+    #[test]
+    fn an_unusable_grant_never_quotes_the_body() {
+        let e = TokenGrant::parse(br#"{"data":{"tok":"secret-jwt"}}"#).unwrap_err();
+        assert_eq!(e, GrantError::NoToken);
+        assert!(!e.to_string().contains("secret-jwt"));
+        assert_eq!(
+            TokenGrant::parse(b"secret-jwt").unwrap_err(),
+            GrantError::NotJson
+        );
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! - [`token`]: the Bot API token record kept in KV.
 //! - [`topology`]: NATS connection and the idempotent `ensure` of streams and KV buckets.
 //! - [`telemetry`]: JSON logs through `tracing` and the Prometheus recorder and listener.
+//! - [`cli`]: what the binaries' command lines share: `--help` environment section, exit codes.
 //! - [`shutdown`]: one SIGTERM / Ctrl-C future turned into a `CancellationToken`.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod khoros;

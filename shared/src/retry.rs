@@ -1,10 +1,13 @@
 //! Retry policy for upstream calls: exponential backoff with full jitter (`backon`),
-//! bounded in attempts and total delay, and `Retry-After` honoured when the server sends it.
+//! bounded in attempts and in total wait, and `Retry-After` honoured when the server sends it.
+//! Every wait, a `Retry-After` included, is charged to one budget (`max_elapsed`): a wait
+//! larger than what is left ends the retries, so callers can rely on the bound (the
+//! scheduler's claim timeout does).
 
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::Rng;
 
 use crate::config::{ConfigError, Env};
@@ -18,7 +21,7 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
     /// Largest single backoff step (before jitter).
     pub max_delay: Duration,
-    /// Sum of all delays; the call gives up once the next wait would exceed it.
+    /// Sum of all waits (`Retry-After` included); a wait that would exceed it ends the retries.
     pub max_elapsed: Duration,
 }
 
@@ -35,22 +38,17 @@ impl RetryPolicy {
     }
 
     /// The waits of this policy, jittered, for loops that decide per attempt what to do
-    /// (the worker's delivery state machine): ends when the policy is spent.
-    pub fn delays(&self) -> impl Iterator<Item = Duration> {
-        let mut budget = self.max_elapsed;
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.max_retries)
-            .build()
-            .map(full_jitter)
-            .take_while(move |wait| match budget.checked_sub(*wait) {
-                Some(left) => {
-                    budget = left;
-                    true
-                }
-                None => false,
-            })
+    /// (the worker's delivery state machine): ends when the policy is spent. Use
+    /// [`Delays::next_honouring`] to wait a server's `Retry-After` within the same budget.
+    pub fn delays(&self) -> Delays {
+        Delays {
+            steps: ExponentialBuilder::default()
+                .with_min_delay(self.min_delay)
+                .with_max_delay(self.max_delay)
+                .with_max_times(self.max_retries)
+                .build(),
+            left: Some(self.max_elapsed),
+        }
     }
 
     pub const fn standard() -> Self {
@@ -60,6 +58,36 @@ impl RetryPolicy {
             max_delay: Duration::from_secs(10),
             max_elapsed: Duration::from_secs(60),
         }
+    }
+}
+
+/// The remaining waits of one policy; `None` once the count or the time budget is spent.
+#[derive(Debug)]
+pub struct Delays {
+    steps: ExponentialBackoff,
+    /// `None` once a wait did not fit: the policy stays spent.
+    left: Option<Duration>,
+}
+
+impl Delays {
+    /// The next wait: `retry_after` when the server asked for one, else the jittered step.
+    pub fn next_honouring(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        let left = self.left?;
+        let Some(step) = self.steps.next() else {
+            self.left = None;
+            return None;
+        };
+        let wait = retry_after.unwrap_or_else(|| full_jitter(step));
+        self.left = left.checked_sub(wait);
+        self.left.map(|_| wait)
+    }
+}
+
+impl Iterator for Delays {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.next_honouring(None)
     }
 }
 
@@ -73,11 +101,12 @@ pub trait RetryClass {
     }
 }
 
-/// Runs `call` until it succeeds, fails with a non-retryable error, or the policy is spent.
-/// `on_retry` sees each error that will be retried (for logs and metrics).
+/// Runs `call` until it succeeds, fails with a non-retryable error, or the policy is spent
+/// (count, or total wait including `Retry-After`). `on_retry` sees each error that will be
+/// retried and the wait before the retry (for logs and metrics).
 pub async fn retry<T, E, F, Fut>(
     policy: RetryPolicy,
-    call: F,
+    mut call: F,
     mut on_retry: impl FnMut(&E, Duration),
 ) -> Result<T, E>
 where
@@ -85,24 +114,21 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(policy.max_retries)
-        .with_total_delay(Some(policy.max_elapsed));
-    call.retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(|e: &E| e.is_retryable())
-        .adjust(move |e: &E, step: Option<Duration>| {
-            // `None` means the policy is spent; keep it that way.
-            let step = step?;
-            Some(match e.retry_after() {
-                Some(wait) => wait.min(policy.max_elapsed),
-                None => full_jitter(step),
-            })
-        })
-        .notify(|e: &E, wait: Duration| on_retry(e, wait))
-        .await
+    let mut delays = policy.delays();
+    loop {
+        let error = match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if !error.is_retryable() {
+            return Err(error);
+        }
+        let Some(wait) = delays.next_honouring(error.retry_after()) else {
+            return Err(error);
+        };
+        on_retry(&error, wait);
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Uniform in `[0, step]` ("full jitter"): spreads retries of many workers apart.
@@ -216,5 +242,40 @@ mod tests {
         )
         .await;
         assert_eq!(waits, vec![Duration::from_millis(30)]);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_charged_to_the_total_budget() {
+        // 3 × 400 ms of Retry-After would be 1.2 s > the 1 s budget: the third ends it.
+        let mut waits = Vec::new();
+        let calls = AtomicUsize::new(0);
+        let r: Result<(), _> = retry(
+            fast(),
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Flaky(true, Some(Duration::from_millis(400))))
+            },
+            |_, wait| waits.push(wait),
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(waits, vec![Duration::from_millis(400); 2]);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_budget_ends_the_retries() {
+        let mut delays = fast().delays();
+        assert_eq!(delays.next_honouring(Some(Duration::from_secs(2))), None);
+        assert_eq!(delays.next(), None, "a spent policy stays spent");
+        let mut delays = fast().delays();
+        assert_eq!(
+            delays.next_honouring(Some(Duration::from_millis(900))),
+            Some(Duration::from_millis(900))
+        );
+        assert_eq!(
+            delays.next_honouring(Some(Duration::from_millis(200))),
+            None
+        );
     }
 }

@@ -13,4 +13,5 @@ pub mod kore_sim;
 pub mod loadgen;
 pub mod nats_server;
 pub mod sign;
+pub mod token_seed;
 pub mod wait;

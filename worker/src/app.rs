@@ -77,8 +77,7 @@ impl App {
             let js = js.clone();
             async move { js.get_key_value(name).await }
         };
-        let token =
-            TokenSource::start(kv(buckets::TOKENS).await?, config.seed_token.as_ref()).await?;
+        let token = TokenSource::start(kv(buckets::TOKENS).await?).await?;
         let conversations_kv = kv(buckets::CONVERSATIONS).await?;
         let handlers = Arc::new(Handlers {
             progress: ProgressStore::new(kv(buckets::PROCESSED).await?),

@@ -1,35 +1,64 @@
-//! The worker's command line: the service (default) and the operator commands
-//! `dlq-list` and `dlq-replay <seq>... | --all`. Shared by the `worker` binary and the test
-//! harness' worker process, so both run exactly this code.
+//! The worker's command line (clap): the service (default) and the operator commands
+//! `dlq-list` and `dlq-replay <seq>... | --all`; `--help` lists the environment it reads.
+//! Shared by the `worker` binary and the test harness' worker process, so both run exactly
+//! this code.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 use shared::config::{Env, NatsConfig};
 
-/// Runs the command in `args` (without the program name).
+/// Answers Khoros Care conversations with the Kore.ai bot, from the events in JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Consume events until SIGTERM (the default).
+    Serve,
+    /// Print the dead letters as JSON lines.
+    DlqList,
+    /// Put dead letters back on their subjects; resumes each event where it stopped.
+    DlqReplay {
+        /// Stream sequences of the dead letters to replay (see dlq-list).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        sequences: Vec<u64>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Runs the command in `args` (without the program name). `--help`, `--version` and usage
+/// errors print and exit the process (0 or 2).
 pub async fn run(args: Vec<String>) -> anyhow::Result<()> {
-    match args.first().map(String::as_str) {
-        None | Some("serve") => serve().await,
-        Some("dlq-list") => {
+    let cli: Cli = shared::cli::parse("worker", std::iter::once("worker".into()).chain(args));
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::DlqList => {
             for letter in crate::dead_letter::list(&jetstream().await?).await? {
                 println!("{}", serde_json::to_string(&letter)?);
             }
             Ok(())
         }
-        Some("dlq-replay") => {
+        Command::DlqReplay { sequences, all } => {
             let js = jetstream().await?;
-            let sequences: Vec<u64> = if args.get(1).map(String::as_str) == Some("--all") {
-                crate::dead_letter::list(&js).await?.iter().map(|l| l.sequence).collect()
+            let sequences: Vec<u64> = if all {
+                crate::dead_letter::list(&js)
+                    .await?
+                    .iter()
+                    .map(|l| l.sequence)
+                    .collect()
             } else {
-                args[1..].iter().map(|s| s.parse().context("sequence numbers expected")).collect::<Result<_, _>>()?
+                sequences
             };
-            if sequences.is_empty() {
-                bail!("usage: worker dlq-replay <seq>... | --all");
-            }
             let replayed = crate::dead_letter::replay(&js, &sequences).await?;
             println!("{}", serde_json::json!({ "replayed": replayed }));
             Ok(())
         }
-        Some(other) => bail!("unknown command {other:?}; usage: worker [serve | dlq-list | dlq-replay <seq>... | --all]"),
     }
 }
 

@@ -92,8 +92,6 @@ pub struct WorkerConfig {
     pub khoros_url: String,
     /// `KHOROS_TIMEOUT`: per Bot API call.
     pub khoros_timeout: Duration,
-    /// `KHOROS_TOKEN` / `KHOROS_TOKEN_FILE`: seeds KV when no token is stored yet.
-    pub seed_token: Option<Secret>,
     /// `KHOROS_RETRY_*`.
     pub khoros_retry: RetryPolicy,
     /// `KORE_*`.
@@ -196,7 +194,6 @@ impl WorkerConfig {
             app_id: env.required("KHOROS_APP_ID")?,
             khoros_url: env.string("KHOROS_API_URL", "https://api.app.lithium.com"),
             khoros_timeout: env.duration("KHOROS_TIMEOUT", Duration::from_secs(10))?,
-            seed_token: env.secret("KHOROS_TOKEN")?,
             khoros_retry: RetryPolicy::from_env(env, "KHOROS", RetryPolicy::standard())?,
             kore,
             kore_retry: RetryPolicy::from_env(

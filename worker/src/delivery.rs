@@ -319,7 +319,8 @@ impl Handlers {
                 return Ok(StepOutcome::Failed(StepFailure {
                     step: step.name(),
                     status: "-".into(),
-                    error: "no Bot API token in KV (seed KHOROS_TOKEN or run the scheduler)".into(),
+                    error: "no Bot API token in KV (the scheduler seeds it from its KHOROS_TOKEN)"
+                        .into(),
                     body_excerpt: String::new(),
                     attempts,
                 }));
@@ -376,12 +377,13 @@ impl Handlers {
                 }
                 Class::NotSent | Class::Idempotent => {}
             }
-            let Some(wait) = delays.next() else {
+            // `Retry-After` counts against the same total budget as the backoff.
+            let retry_after = shared::retry::RetryClass::retry_after(&error);
+            let Some(wait) = delays.next_honouring(retry_after) else {
                 return Ok(StepOutcome::Failed(StepFailure::from_upstream(
                     step, &error, attempts,
                 )));
             };
-            let wait = shared::retry::RetryClass::retry_after(&error).unwrap_or(wait);
             count_retry("khoros", step.name());
             tracing::warn!(step = step.name(), error = %error, retry_in = ?wait, "bot api call failed; retrying");
             tokio::time::sleep(wait).await;

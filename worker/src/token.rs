@@ -1,10 +1,9 @@
-//! The Bot API token: read from KV (seeded from config when absent), watched, swapped at once.
+//! The Bot API token: read from KV (the scheduler owns the record), watched, swapped at once.
 
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use shared::auth::{Clock, SystemClock};
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::Secret;
 
@@ -19,22 +18,9 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// Reads the token (seeding KV from `seed` when it holds none) and starts watching it.
-    pub async fn start(store: kv::Store, seed: Option<&Secret>) -> Result<Self, WorkerError> {
-        if let (None, Some(seed)) = (
-            store.get(TOKEN_KEY).await.map_err(WorkerError::infra)?,
-            seed,
-        ) {
-            let record = TokenRecord {
-                token: seed.expose().to_string(),
-                expires_at_ms: 0,
-                rotated_at_ms: SystemClock.now_ms(),
-                source: "seed".into(),
-            };
-            let bytes = serde_json::to_vec(&record).expect("token record serialises");
-            // Another replica may seed at the same time; whoever loses simply reads the winner.
-            let _ = store.create(TOKEN_KEY, bytes.into()).await;
-        }
+    /// Reads the token and starts watching it. Only the scheduler writes the record
+    /// (`docs/decisions.md`, "Tokens live in NATS KV"); until it does, there is no token.
+    pub async fn start(store: kv::Store) -> Result<Self, WorkerError> {
         let source = Self {
             current: Arc::default(),
             store,

@@ -872,8 +872,19 @@ async fn token_refresh(
         let Path(app_id) = app_id.map_err(|e| bad(format!("Invalid path: {e}")))?;
         check_app(&ctx, &app_id)?;
         let now = shared.now_ms();
-        let issued = shared.with_state(|state| state.tokens.refresh(&app_id, now));
-        Ok(Json(json!({ "data": issued, "requestId": ctx.request_id })).into_response())
+        let (issued, renames) = shared.with_state(|state| {
+            let issued = state.tokens.refresh(&app_id, now);
+            (issued, state.settings.grant_renames.clone())
+        });
+        let mut data = json!(issued);
+        if let Some(fields) = data.as_object_mut() {
+            for (from, to) in renames {
+                if let Some(value) = fields.remove(&from) {
+                    fields.insert(to, value);
+                }
+            }
+        }
+        Ok(Json(json!({ "data": data, "requestId": ctx.request_id })).into_response())
     })();
     reply(&ctx, result)
 }

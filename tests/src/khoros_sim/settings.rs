@@ -1,6 +1,7 @@
 //! Settings tests may change while the sim runs (`GET`/`POST /sim/settings`): the `/respond`
 //! answer mode, the webhook target and credentials, and the sender's knobs.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,9 @@ pub struct Settings {
     pub respond_accepted: bool,
     pub webhook: Option<WebhookTarget>,
     pub sender: SenderConfig,
+    /// Field renames in the `data` of token refresh answers (an API drift the bridge must
+    /// survive: the old token is in its grace whatever the body looks like).
+    pub grant_renames: BTreeMap<String, String>,
 }
 
 /// Webhook credentials in JSON: `{"type":"hmac","apiKey":..,"secret":..}` or
@@ -63,6 +67,8 @@ pub struct SettingsPatch {
     pub sign_with_sim_clock: Option<bool>,
     /// Replaces the whole tamper set.
     pub tamper: Option<Tamper>,
+    /// Replaces the refresh answer's field renames, e.g. `{"expiresAtMillis":"expiry"}`.
+    pub grant_renames: Option<BTreeMap<String, String>>,
 }
 
 /// `GET /sim/settings` (secrets left out).
@@ -82,6 +88,7 @@ pub struct SettingsView {
     pub sign_with_sim_clock: bool,
     pub lanes: usize,
     pub tamper: Tamper,
+    pub grant_renames: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -103,6 +110,7 @@ impl Settings {
             sign_with_sim_clock: self.sender.sign_with_sim_clock,
             lanes: self.sender.lanes,
             tamper: self.sender.tamper.clone(),
+            grant_renames: self.grant_renames.clone(),
         }
     }
 
@@ -168,6 +176,9 @@ impl Settings {
                 )));
             }
             next.sender.tamper = tamper;
+        }
+        if let Some(renames) = patch.grant_renames {
+            next.grant_renames = renames;
         }
         *self = next;
         Ok(())

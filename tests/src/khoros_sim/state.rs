@@ -151,6 +151,7 @@ impl Shared {
                 respond_accepted: config.respond_accepted,
                 webhook: config.webhook.clone(),
                 sender: config.sender.clone(),
+                grant_renames: Default::default(),
             },
             tokens,
             conversations: Conversations::default(),

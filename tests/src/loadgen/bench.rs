@@ -600,7 +600,6 @@ impl Harness {
                 ("METRICS_LISTEN", format!("127.0.0.1:{}", self::port())),
                 ("KHOROS_APP_ID", APP_ID.into()),
                 ("KHOROS_API_URL", khoros.into()),
-                ("KHOROS_TOKEN", BOT_TOKEN.into()),
                 ("KORE_URL", kore.into()),
                 ("KORE_BOT_ID", KORE_BOT_ID.into()),
                 ("KORE_CLIENT_ID", KORE_CLIENT_ID.into()),
@@ -956,6 +955,13 @@ impl Harness {
         tag: &str,
         replicas: usize,
     ) -> anyhow::Result<()> {
+        // Workers only read the token (the scheduler owns it; the bench runs none).
+        crate::token_seed::seed_token(
+            &p.nats.base,
+            &shared::config::Env::from_pairs(Vec::<(String, String)>::new()),
+            BOT_TOKEN,
+        )
+        .await?;
         for i in 0..replicas {
             let name = format!("{tag}-{i}");
             let w = self.spawn_worker(&name, &p.nats.base, &p.khoros.base, &p.kore.base)?;

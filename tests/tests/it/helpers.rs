@@ -217,7 +217,6 @@ pub fn worker_vars(
         ("NATS_URL".into(), nats.url()),
         ("KHOROS_APP_ID".into(), "kore-bridge".into()),
         ("KHOROS_API_URL".into(), khoros_url.into()),
-        ("KHOROS_TOKEN".into(), TEST_TOKEN.into()),
         ("KORE_URL".into(), kore_url.into()),
         ("KORE_BOT_ID".into(), KORE_BOT_ID.into()),
         ("KORE_CLIENT_ID".into(), KORE_CLIENT_ID.into()),
@@ -255,6 +254,10 @@ impl TestWorker {
     pub async fn start(env: &Env) -> Self {
         LazyLock::force(&TRACING);
         let config = worker::WorkerConfig::from_env(env).expect("valid worker config");
+        // Workers only read the token; the scheduler would have seeded it.
+        bridge_tests::token_seed::seed_token(&config.nats.url, env, TEST_TOKEN)
+            .await
+            .expect("seed the token record");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let app = worker::App::build_with(config, listener, None)
             .await

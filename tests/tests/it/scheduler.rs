@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Store};
-use bridge_tests::khoros_sim::{Fault, KhorosSim, KhorosSimConfig, TokenState};
+use bridge_tests::khoros_sim::{Fault, KhorosSim, KhorosSimConfig, SettingsPatch, TokenState};
 use bridge_tests::nats_server::NatsServer;
 use bridge_tests::wait;
 use scheduler::commands::{self, CommandError};
@@ -597,6 +597,8 @@ async fn operator_commands_rotate_now_and_token_status() {
     assert_eq!(json["last_rotation"]["status"], "client_error");
     assert_eq!(json["last_rotation"]["last_success_at_ms"], T0);
     assert!(json["lease"].is_null(), "no service ran, so no lease");
+    assert_eq!(json["check"]["state"], "accepted");
+    assert!(json["lost"].is_null());
 }
 
 /// Stream depth, per-consumer lag with its event type, and dead letters reach `/metrics`.
@@ -666,4 +668,224 @@ async fn jetstream_metrics_report_lag_per_consumer_and_dead_letters() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     s.stop().await;
+}
+
+/// A 2xx grant whose expiry field was renamed is still a new token: it is stored (with the
+/// documented 90 days) and used at once, with no failure and no back-off. One without a
+/// readable token is not a failure either: the old token is in its grace and the next check
+/// refreshes again, without backing off.
+#[tokio::test]
+async fn a_grant_of_an_unexpected_shape_is_stored_not_discarded() {
+    let h = Harness::start().await;
+    let s = h
+        .scheduler("a", &[("TOKEN_RETRY_AFTER_FAILURE", "1h")])
+        .await;
+    s.wait_leader().await;
+    let renames = |pairs: &[(&str, &str)]| SettingsPatch {
+        grant_renames: Some(
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        ),
+        ..SettingsPatch::default()
+    };
+    h.sim
+        .update_settings(renames(&[("expiresAtMillis", "expiresOn")]))
+        .unwrap();
+    h.advance(7 * DAY);
+    let rotated = h
+        .wait_token("the rotated token", |t| t.value.source == "rotation")
+        .await;
+    assert_eq!(h.refreshes(), 1);
+    assert_eq!(
+        rotated.value.expires_at_ms,
+        T0 + 97 * DAY_MS,
+        "90 days assumed"
+    );
+    assert_eq!(h.accepted_tokens(), vec![rotated.value.token.clone()]);
+    let attempt = h.last_attempt().await.unwrap();
+    assert_eq!(attempt.status, AttemptStatus::Success, "{attempt:?}");
+
+    // No token field at all: retried at the next checks, not an hour later.
+    h.sim
+        .update_settings(renames(&[("token", "accessToken")]))
+        .unwrap();
+    h.advance(7 * DAY);
+    let unreadable = h
+        .wait_attempt("an unreadable grant", |a| {
+            a.status == AttemptStatus::GrantUnreadable
+        })
+        .await;
+    let error = unreadable.error.unwrap_or_default();
+    for token in h.sim.tokens() {
+        assert!(
+            !error.contains(&token.token),
+            "a token in the error: {error}"
+        );
+    }
+    h.sim.update_settings(renames(&[])).unwrap();
+    let fixed = h
+        .wait_token("a rotation after the unreadable grant", |t| {
+            t.revision > rotated.revision
+        })
+        .await;
+    assert_eq!(h.accepted_tokens(), vec![fixed.value.token.clone()]);
+    assert_eq!(
+        h.last_attempt().await.unwrap().status,
+        AttemptStatus::Success
+    );
+    s.stop().await;
+}
+
+/// NATS goes away between Khoros' answer and the KV write: the scheduler holds the new token
+/// and stores it once NATS is back; the stored token is the one Khoros accepts, also after
+/// the old token's grace.
+#[tokio::test]
+async fn a_new_token_survives_kv_being_unavailable() {
+    let mut h = Harness::start().await;
+    let s = h.scheduler("a", &[]).await;
+    s.wait_leader().await;
+    let slow = h
+        .sim
+        .add_fault(Fault::latency("tokens", Duration::from_millis(1500)).times(1))
+        .unwrap();
+    h.advance(7 * DAY);
+    wait::until(SOON, "the refresh call to be in flight", || async {
+        let applied = h
+            .sim
+            .faults()
+            .iter()
+            .find(|f| f.id == slow)
+            .map(|f| f.applied);
+        (applied != Some(0)).then_some(())
+    })
+    .await;
+    h.nats.stop();
+    // Khoros answers while NATS is down; the write is retried meanwhile.
+    wait::until(SOON, "Khoros to issue the new token", || async {
+        (h.refreshes() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.nats.restart();
+    let stored = h
+        .wait_token("the new token once NATS is back", |t| {
+            t.value.source == "rotation"
+        })
+        .await;
+    assert_eq!(h.refreshes(), 1);
+    assert_eq!(h.accepted_tokens(), vec![stored.value.token.clone()]);
+    h.advance(Duration::from_secs(11 * 60));
+    let api = shared::khoros::KhorosApi::new(&h.sim.base_url(), Duration::from_secs(5));
+    api.health(&shared::Secret::new(stored.value.token.clone()), APP_ID)
+        .await
+        .expect("the stored token works after the old one's grace");
+    assert_eq!(
+        h.wait_attempt("the attempt record", |a| a.status
+            != AttemptStatus::InProgress)
+            .await
+            .status,
+        AttemptStatus::Success
+    );
+    s.stop().await;
+}
+
+/// A token refreshed behind the scheduler's back dies when the grace ends: the scheduler
+/// notices within a few checks (`scheduler_token_lost` = 1) and `token-status` names the
+/// cause and the recovery.
+#[tokio::test]
+async fn a_lost_token_is_detected_and_explained() {
+    let h = Harness::start().await;
+    let s = h.scheduler("a", &[("TOKEN_VERIFY_INTERVAL", "50ms")]).await;
+    s.wait_leader().await;
+    let api = shared::khoros::KhorosApi::new(&h.sim.base_url(), Duration::from_secs(5));
+    let shared::khoros::Refreshed::Grant(elsewhere) = api
+        .refresh_token(&shared::Secret::new(SEED), APP_ID)
+        .await
+        .expect("refresh behind the scheduler's back")
+    else {
+        panic!("no token in the grant");
+    };
+    // Inside the grace the stored (old) token still works.
+    s.run_checks(5).await;
+    let status = commands::token_status(&h.config("operator", &[]))
+        .await
+        .unwrap();
+    assert!(!status.is_lost(), "{status:?}");
+
+    h.advance(Duration::from_secs(11 * 60));
+    wait::until(SOON, "scheduler_token_lost to be 1", || async {
+        let text = s.metrics().await;
+        (metric_value(&text, "scheduler_token_lost", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let status = commands::token_status(&h.config("operator", &[]))
+        .await
+        .unwrap();
+    assert!(status.is_lost());
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(json.contains("\"state\":\"lost\""), "{json}");
+    assert!(json.contains("Create the first token"), "{json}");
+    assert!(
+        json.contains("refreshed or revoked outside the bridge"),
+        "{json}"
+    );
+    assert!(!json.contains(SEED) && !json.contains(elsewhere.token.expose()));
+    s.stop().await;
+}
+
+/// Two schedulers and a Khoros that asks for `Retry-After: 60` on the refresh: the wait does
+/// not fit the retry budget (which the claim timeout covers), so the attempt ends at once
+/// and the other scheduler never refreshes the same token meanwhile.
+#[tokio::test]
+async fn a_slow_khoros_never_gets_the_same_token_refreshed_twice() {
+    let h = Harness::start().await;
+    let a = h.scheduler("a", &[]).await;
+    let b = h.scheduler("b", &[]).await;
+    wait::until(SOON, "one of them to lead", || async {
+        (a.status.is_leader() || b.status.is_leader()).then_some(())
+    })
+    .await;
+    let busy = h
+        .sim
+        .add_fault(Fault::status("tokens", 429).retry_after(60))
+        .unwrap();
+    h.advance(7 * DAY);
+    let attempt = h
+        .wait_attempt("the throttled attempt", |a| {
+            a.status != AttemptStatus::InProgress
+        })
+        .await;
+    assert_eq!(attempt.status, AttemptStatus::ServerError, "{attempt:?}");
+    assert_eq!(
+        attempt.retries, 0,
+        "a 60 s Retry-After does not fit a 2 s budget"
+    );
+    a.run_checks(10).await;
+    b.run_checks(10).await;
+    let calls = h
+        .sim
+        .faults()
+        .iter()
+        .find(|f| f.id == busy)
+        .map(|f| f.applied);
+    assert_eq!(
+        calls,
+        Some(1),
+        "one refresh call for this token, by one scheduler"
+    );
+
+    // Khoros recovers; after the failure back-off exactly one rotation happens.
+    h.sim.clear_faults();
+    h.advance(Duration::from_secs(3600));
+    h.wait_token("the rotation after the back-off", |t| {
+        t.value.source == "rotation"
+    })
+    .await;
+    a.run_checks(10).await;
+    b.run_checks(10).await;
+    assert_eq!(h.refreshes(), 1);
+    a.stop().await;
+    b.stop().await;
 }

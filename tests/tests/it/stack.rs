@@ -103,7 +103,7 @@ impl Stack {
         .await
         .expect("start khoros-sim");
         let kore = KoreSim::start(kore).await.expect("start kore-sim");
-        Self {
+        let stack = Self {
             nats,
             ingress,
             khoros,
@@ -113,7 +113,12 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        }
+        };
+        // Workers only read the token; the scheduler (not run here) would seed it.
+        bridge_tests::token_seed::seed_token(&stack.nats.url(), &stack.worker_env(), TEST_TOKEN)
+            .await
+            .expect("seed the token record");
+        stack
     }
 
     /// The worker settings as variables, for a worker process.
@@ -154,18 +159,21 @@ impl Stack {
     /// store the new one in KV. Returns the new token.
     pub async fn rotate_token(&self) -> String {
         let api = shared::khoros::KhorosApi::new(&self.khoros.base_url(), Duration::from_secs(5));
-        let grant = api
+        let shared::khoros::Refreshed::Grant(grant) = api
             .refresh_token(&Secret::new(TEST_TOKEN), "kore-bridge")
             .await
-            .expect("refresh");
+            .expect("refresh")
+        else {
+            panic!("khoros-sim answered a grant without a token");
+        };
         let js = crate::helpers::jetstream(&self.nats).await;
         let kv = js
             .get_key_value(shared::topology::buckets::TOKENS)
             .await
             .expect("tokens bucket");
         let record = shared::token::TokenRecord {
-            token: grant.token.clone(),
-            expires_at_ms: grant.expires_at_ms,
+            token: grant.token.expose().to_string(),
+            expires_at_ms: grant.expires_at_ms.unwrap_or(0),
             rotated_at_ms: 0,
             source: "rotation".into(),
         };
@@ -175,7 +183,7 @@ impl Stack {
         )
         .await
         .expect("store token");
-        grant.token
+        grant.token.expose().to_string()
     }
 
     /// The bot's `/respond` texts to `author`, once there are `n`.

@@ -119,7 +119,6 @@ whose _FILE twin points at the file.
 {{- else if eq .component "worker" -}}
 {{- $wanted = append $wanted (list "koreClientSecret" "KORE_CLIENT_SECRET") -}}
 {{- $wanted = append $wanted (list "koreUserIdKey" "KORE_USER_ID_KEY") -}}
-{{- $wanted = append $wanted (list "khorosToken" "KHOROS_TOKEN") -}}
 {{- else if eq .component "scheduler" -}}
 {{- $wanted = append $wanted (list "khorosToken" "KHOROS_TOKEN") -}}
 {{- end }}

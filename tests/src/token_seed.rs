@@ -1,0 +1,30 @@
+//! Puts a Bot API token into KV as the scheduler's seed would: workers only read the token
+//! (the scheduler owns the record), so a stack without a scheduler needs it written for them.
+
+use shared::config::Env;
+use shared::token::{TokenRecord, TOKEN_KEY};
+use shared::topology::{buckets, Topology, TopologyConfig};
+
+/// Ensures the topology `env` describes (as the services would) and creates the token record
+/// unless one exists.
+pub async fn seed_token(nats_url: &str, env: &Env, token: &str) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    Topology::new(TopologyConfig::from_env(env)?)
+        .ensure(&js)
+        .await?;
+    let record = TokenRecord {
+        token: token.to_string(),
+        expires_at_ms: 0,
+        rotated_at_ms: shared::auth::Clock::now_ms(&shared::auth::SystemClock),
+        source: "seed".into(),
+    };
+    let kv = js.get_key_value(buckets::TOKENS).await?;
+    match kv
+        .create(TOKEN_KEY, serde_json::to_vec(&record)?.into())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
