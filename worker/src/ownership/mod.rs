@@ -270,6 +270,15 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         for slot in self.my_slots() {
             let should_own = shares[&slot.kind][slot.partition as usize];
             let record = self.owners.get(&slot).cloned();
+            // A runner that ended by itself (it cannot, short of a bug) is started afresh.
+            if matches!(self.local.get(&slot), Some(Local::Running(r)) if r.task.is_finished()) {
+                tracing::error!(
+                    partition = slot.partition,
+                    kind = slot.kind.as_str(),
+                    "partition runner ended unexpectedly; restarting it"
+                );
+                self.local.remove(&slot);
+            }
             match self.local.get(&slot) {
                 Some(Local::Running(_)) => match &record {
                     Some((owner, _)) if *owner != me => {
