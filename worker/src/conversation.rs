@@ -39,6 +39,13 @@ pub struct ConversationRecord {
     pub kore_user: Option<String>,
 }
 
+/// A record as read, with its revision (`None`: the key never existed).
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub record: Option<ConversationRecord>,
+    pub revision: Option<u64>,
+}
+
 #[derive(Clone)]
 pub struct Conversations {
     kv: kv::Store,
@@ -61,6 +68,46 @@ impl Conversations {
     pub async fn get(&self, key: &str) -> Result<Option<ConversationRecord>, WorkerError> {
         let bytes = self.kv.get(key).await.map_err(WorkerError::infra)?;
         Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// The record and the revision it was read at (for [`Self::modify_seen`]).
+    pub async fn read(&self, key: &str) -> Result<Seen, WorkerError> {
+        let entry = self.kv.entry(key).await.map_err(WorkerError::infra)?;
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => Seen {
+                record: serde_json::from_slice(&e.value).ok(),
+                revision: Some(e.revision),
+            },
+            Some(e) => Seen {
+                record: None,
+                revision: Some(e.revision),
+            },
+            None => Seen::default(),
+        })
+    }
+
+    /// [`Self::modify`] starting from a record already read: one write when nobody changed it
+    /// since (the usual case), the full read-modify-write loop otherwise.
+    pub async fn modify_seen(
+        &self,
+        key: &str,
+        seen: Seen,
+        mut change: impl FnMut(&mut ConversationRecord),
+    ) -> Result<ConversationRecord, WorkerError> {
+        let mut record = seen.record.unwrap_or_default();
+        change(&mut record);
+        let bytes: bytes::Bytes = serde_json::to_vec(&record)
+            .expect("record serialises")
+            .into();
+        let written = match seen.revision {
+            Some(rev) => self.kv.update(key, bytes, rev).await.is_ok(),
+            None => self.kv.create(key, bytes).await.is_ok(),
+        };
+        if written {
+            Ok(record)
+        } else {
+            self.modify(key, change).await
+        }
     }
 
     /// Applies `change` to the record (or a default one) with compare-and-set, retrying on races.

@@ -57,8 +57,8 @@ pub async fn handle(
     };
     let key = conversation.record_key();
     let received_at = env.received_at_ms.unwrap_or_else(|| h.now_ms());
-    let record = h.conversations.get(&key).await?;
-    if let Some(reason) = skip_reason(&event, record.as_ref(), &h.config.app_id, received_at) {
+    let seen = h.conversations.read(&key).await?;
+    if let Some(reason) = skip_reason(&event, seen.record.as_ref(), &h.config.app_id, received_at) {
         metrics::counter!(telemetry::SKIPPED, "reason" => reason).increment(1);
         tracing::info!(reason, "message not for the bot; acknowledged");
         return Ok((Settle::Ack, "skipped"));
@@ -77,7 +77,7 @@ pub async fn handle(
     let fresh_user = h.identity.user_id(&conversation);
     let record = h
         .conversations
-        .modify(&key, |r| {
+        .modify_seen(&key, seen, |r| {
             r.coordinate = coordinate.clone();
             r.author = author.clone();
             r.closed_at_ms = None;
@@ -107,7 +107,8 @@ pub async fn handle(
             }
             Asked::Failed(reason) => progress.bot_failure = Some(reason),
         }
-        h.progress.save(&env.event_id, &mut tracked).await?;
+        // Recorded with the first step's claim (one write less); a crash before that asks
+        // Kore.ai again, as a crash during the call would.
     }
 
     let first_reply = !record.bot_tagged;

@@ -33,8 +33,9 @@ use self::members::{Announcement, Members};
 use crate::config::EventKind;
 use crate::telemetry;
 
-/// Heartbeats between two full reads of the partition table.
-const SNAPSHOT_EVERY_TICKS: u64 = 10;
+/// Heartbeats between two full reads of the partition table (about 5 minutes by default: a
+/// read is hundreds of KV gets, a burst the rest of the traffic would feel).
+const SNAPSHOT_EVERY_TICKS: u64 = 200;
 
 /// A running partition, as its starter returns it.
 pub struct Running {
@@ -115,7 +116,7 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 let kv = kv.clone();
                 async move { kv.entry(key).await }
             })
-            .buffer_unordered(32);
+            .buffer_unordered(16);
         while let Some(entry) = entries.next().await {
             if let Some(entry) = entry.map_err(|e| e.to_string())? {
                 self.apply(entry);
