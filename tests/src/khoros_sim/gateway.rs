@@ -206,7 +206,9 @@ async fn bot_api_layer(
 
     // Buffer the (small) answer so its error text can go into the log record.
     let (response_parts, response_body) = response.into_parts();
-    let response_bytes = to_bytes(response_body, MAX_BODY_BYTES)
+    // No limit here: a request-log listing of a long run is many megabytes, and cutting it
+    // would hand the client an empty body instead of the log.
+    let response_bytes = to_bytes(response_body, usize::MAX)
         .await
         .unwrap_or_default();
     log_call(
