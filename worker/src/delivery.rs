@@ -26,7 +26,7 @@ use shared::Secret;
 
 use crate::error::WorkerError;
 use crate::handler::{Envelope, Handlers, Settle};
-use crate::progress::Tracked;
+use crate::progress::{Progress, Tracked};
 use crate::reply::Step;
 use crate::telemetry;
 use crate::token::TokenSource;
@@ -130,11 +130,11 @@ impl Delivery {
     pub async fn resolve(
         &self,
         steps: &[Step],
-        completed_at_ms: &[i64],
+        progress: &Progress,
         index: usize,
-        attempt_at_ms: i64,
         after_crash: bool,
     ) -> Resolution {
+        let (completed_at_ms, attempt_at_ms) = (&progress.completed_at_ms, progress.attempt_at_ms);
         let Step::Respond(body) = &steps[index] else {
             return Resolution::NotSent;
         };
@@ -296,16 +296,7 @@ impl Handlers {
         // An earlier attempt never learned its outcome (a crash, another processor, a dead
         // letter replayed): ask the request log before sending anything.
         if tracked.progress.in_flight == Some(index) {
-            match d
-                .resolve(
-                    steps,
-                    &tracked.progress.completed_at_ms,
-                    index,
-                    tracked.progress.attempt_at_ms,
-                    true,
-                )
-                .await
-            {
+            match d.resolve(steps, &tracked.progress, index, true).await {
                 Resolution::Sent => return Ok(StepOutcome::Sent),
                 Resolution::NotSent => {}
                 Resolution::Unknown(why) => return Ok(StepOutcome::Unknown(unknown(why, 0))),
@@ -354,27 +345,16 @@ impl Handlers {
                         step, &error, attempts,
                     )))
                 }
-                Class::Ambiguous => {
-                    match d
-                        .resolve(
-                            steps,
-                            &tracked.progress.completed_at_ms,
-                            index,
-                            tracked.progress.attempt_at_ms,
-                            false,
-                        )
-                        .await
-                    {
-                        Resolution::Sent => return Ok(StepOutcome::Sent),
-                        Resolution::NotSent => {}
-                        Resolution::Unknown(why) => {
-                            return Ok(StepOutcome::Unknown(unknown(
-                                format!("{error}; then {why}"),
-                                attempts,
-                            )))
-                        }
+                Class::Ambiguous => match d.resolve(steps, &tracked.progress, index, false).await {
+                    Resolution::Sent => return Ok(StepOutcome::Sent),
+                    Resolution::NotSent => {}
+                    Resolution::Unknown(why) => {
+                        return Ok(StepOutcome::Unknown(unknown(
+                            format!("{error}; then {why}"),
+                            attempts,
+                        )))
                     }
-                }
+                },
                 Class::NotSent | Class::Idempotent => {}
             }
             // `Retry-After` counts against the same total budget as the backoff.

@@ -55,20 +55,7 @@ impl WorkerProc {
             child,
             base: format!("http://127.0.0.1:{port}"),
         };
-        let url = format!("{}/readyz", worker.base);
-        wait::until(
-            Duration::from_secs(15),
-            "worker process /readyz to answer 200",
-            || async {
-                reqwest::get(&url)
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            },
-        )
-        .await;
+        crate::helpers::wait_ready(&worker.base, "worker process /readyz to answer 200").await;
         worker
     }
 

@@ -270,20 +270,7 @@ impl TestWorker {
             shutdown,
             task: Some(task),
         };
-        let url = format!("{}/readyz", worker.base);
-        wait::until(
-            Duration::from_secs(15),
-            "worker /readyz to answer 200",
-            || async {
-                reqwest::get(&url)
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            },
-        )
-        .await;
+        wait_ready(&worker.base, "worker /readyz to answer 200").await;
         worker
     }
 
@@ -309,4 +296,18 @@ impl Drop for TestWorker {
             task.abort();
         }
     }
+}
+
+/// Waits (15 s at most) for `<base>/readyz` to answer 200.
+pub async fn wait_ready(base: &str, what: &str) {
+    let url = format!("{base}/readyz");
+    wait::until(Duration::from_secs(15), what, || async {
+        reqwest::get(&url)
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await;
 }

@@ -99,6 +99,18 @@ fn consumer_config(ctx: &PartitionContext, slot: Slot) -> pull::Config {
     }
 }
 
+/// A handle on the stream `slot` lives in (no API call).
+async fn partition_stream(
+    ctx: &PartitionContext,
+    slot: Slot,
+) -> Result<jetstream::stream::Stream<()>, WorkerError> {
+    let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
+    ctx.js
+        .get_stream_no_info(stream_name)
+        .await
+        .map_err(WorkerError::infra)
+}
+
 /// Deletes and recreates the consumer: on a work-queue stream the new consumer starts at the
 /// oldest unacknowledged event, so whatever the previous owner held comes first, in stream
 /// order, instead of after its ack wait.
@@ -106,12 +118,7 @@ async fn recreate_consumer(
     ctx: &PartitionContext,
     slot: Slot,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
-    let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
-    let stream = ctx
-        .js
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(WorkerError::infra)?;
+    let stream = partition_stream(ctx, slot).await?;
     let name = consumer_name(slot.kind, slot.partition);
     let _ = stream.delete_consumer(&name).await;
     stream
@@ -135,12 +142,7 @@ async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, Worker
             "the partition's owner record no longer names this replica".into(),
         ));
     }
-    let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
-    let stream = ctx
-        .js
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(WorkerError::infra)?;
+    let stream = partition_stream(ctx, slot).await?;
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             &consumer_name(slot.kind, slot.partition),
