@@ -13,14 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bridge_tests::khoros_sim::faults::Fault;
-use bridge_tests::kore_sim::KoreSimConfig;
-use bridge_tests::sign::{Credentials, Signer};
-use bridge_tests::wait;
+use khoros_sim::faults::Fault;
+use kore_sim::KoreSimConfig;
 use scheduler::rotation::AttemptStatus;
 use scheduler::SchedulerConfig;
 use serde_json::Value;
 use shared::Secret;
+use testkit::sign::{Credentials, Signer};
+use testkit::wait;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{message_event, HMAC_KEY};

@@ -7,15 +7,15 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_tests::khoros_sim::actions::{AuthorRef, InboundMessage};
-use bridge_tests::khoros_sim::faults::Fault;
-use bridge_tests::kore_sim::config::{ChannelConfig, ConfigPatch, Mode};
-use bridge_tests::kore_sim::script::Turn;
-use bridge_tests::kore_sim::KoreSimConfig;
-use bridge_tests::wait;
+use khoros_sim::actions::{AuthorRef, InboundMessage};
+use khoros_sim::faults::Fault;
+use kore_sim::config::{ChannelConfig, ConfigPatch, Mode};
+use kore_sim::script::Turn;
+use kore_sim::KoreSimConfig;
 use serde_json::{json, Value};
 use shared::routing::{headers, ConversationKey, EVENTS_PREFIX};
 use shared::topology::{DEAD_LETTER_STREAM, EVENTS_STREAM};
+use testkit::wait;
 
 use crate::helpers::{jetstream, kore_user, message_event};
 use crate::stack::{Stack, WAIT};
@@ -683,7 +683,7 @@ fn accepted_deliveries(stack: &Stack, user: &str) -> Vec<Value> {
         .deliveries()
         .into_iter()
         .filter(|d| d.user_id == user && d.status == Some(200))
-        .filter(|d| d.kind == bridge_tests::kore_sim::inspect::DeliveryKind::Message)
+        .filter(|d| d.kind == kore_sim::inspect::DeliveryKind::Message)
         .map(|d| d.body)
         .collect()
 }

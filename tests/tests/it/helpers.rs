@@ -4,11 +4,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use bridge_tests::nats_server::NatsServer;
-use bridge_tests::sign::{Credentials, Signer};
-use bridge_tests::wait;
 use shared::config::Env;
 use shared::Secret;
+use testkit::nats_server::NatsServer;
+use testkit::sign::{Credentials, Signer};
+use testkit::wait;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -255,7 +255,7 @@ impl TestWorker {
         LazyLock::force(&TRACING);
         let config = worker::WorkerConfig::from_env(env).expect("valid worker config");
         // Workers only read the token; the scheduler would have seeded it.
-        bridge_tests::token_seed::seed_token(&config.nats.url, env, TEST_TOKEN)
+        testkit::token_seed::seed_token(&config.nats.url, env, TEST_TOKEN)
             .await
             .expect("seed the token record");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

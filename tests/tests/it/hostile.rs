@@ -5,12 +5,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bridge_tests::nats_server::{free_port, NatsServer};
-use bridge_tests::sign::{Credentials, Signer};
-use bridge_tests::wait;
 use shared::auth::hmac::{HEADER_API_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use shared::auth::{Clock, SystemClock};
 use shared::Secret;
+use testkit::nats_server::{free_port, NatsServer};
+use testkit::sign::{Credentials, Signer};
+use testkit::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;

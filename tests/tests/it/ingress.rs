@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
-use bridge_tests::nats_server::NatsServer;
-use bridge_tests::wait;
 use http::HeaderMap;
 use serde_json::json;
 use shared::auth::{Clock, SystemClock};
 use shared::routing::{headers, ConversationKey};
 use shared::topology::EVENTS_STREAM;
+use testkit::nats_server::NatsServer;
+use testkit::wait;
 
 use crate::helpers::{jetstream, mark_turn, message_event, TestIngress, HMAC_KEY};
 

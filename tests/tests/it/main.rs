@@ -6,8 +6,6 @@ mod exactly_once;
 mod helpers;
 mod hostile;
 mod ingress;
-mod khoros_sim;
-mod kore_sim;
 mod reliability;
 mod scheduler;
 mod stack;

@@ -7,14 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bridge_tests::khoros_sim::faults::Fault;
-use bridge_tests::khoros_sim::state::DeliveryOutcome;
-use bridge_tests::kore_sim::KoreSimConfig;
-use bridge_tests::wait;
 use http::HeaderMap;
+use khoros_sim::faults::Fault;
+use khoros_sim::state::DeliveryOutcome;
+use kore_sim::KoreSimConfig;
 use rand::{Rng, SeedableRng};
 use shared::auth::{Clock, SystemClock};
 use shared::topology::EVENTS_STREAM;
+use testkit::wait;
 
 use crate::helpers::{
     jetstream, message_event, TestIngress, HMAC_SECRET, KORE_CLIENT_SECRET, TEST_TOKEN,
@@ -444,7 +444,7 @@ async fn khoros_5xx_storm_and_429_are_retried() {
 /// unauthenticated (or unparseable) reaches JetStream: stored == accepted.
 #[tokio::test]
 async fn fuzzed_requests_never_reach_jetstream_unauthenticated() {
-    let nats = bridge_tests::nats_server::NatsServer::start();
+    let nats = testkit::nats_server::NatsServer::start();
     let ingress = TestIngress::start(&nats, &[("MAX_BODY_BYTES", "65536")]).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut accepted = 0;
@@ -591,7 +591,7 @@ async fn secrets_never_appear_in_logs_or_metrics() {
     stack.khoros.advance_clock(Duration::from_secs(11 * 60));
     stack.kore.script(
         &crate::helpers::kore_user("secret-1"),
-        [bridge_tests::kore_sim::script::Turn::fail(401)],
+        [kore_sim::script::Turn::fail(401)],
     );
     stack.khoros.send_text("secret-1", "again").expect("inject");
     stack

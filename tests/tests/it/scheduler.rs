@@ -9,9 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Store};
-use bridge_tests::khoros_sim::{Fault, KhorosSim, KhorosSimConfig, SettingsPatch, TokenState};
-use bridge_tests::nats_server::NatsServer;
-use bridge_tests::wait;
+use khoros_sim::{Fault, KhorosSim, KhorosSimConfig, SettingsPatch, TokenState};
 use scheduler::commands::{self, CommandError};
 use scheduler::kv::{self, Versioned};
 use scheduler::lease::{LeaseRecord, LEASE_KEY};
@@ -23,6 +21,8 @@ use shared::auth::{Clock, ManualClock};
 use shared::config::Env;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::topology::{buckets, Topology, TopologyConfig, DEAD_LETTER_STREAM, EVENTS_STREAM};
+use testkit::nats_server::NatsServer;
+use testkit::wait;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use bridge_tests::khoros_sim::{KhorosSim, KhorosSimConfig};
-use bridge_tests::kore_sim::{KoreSim, KoreSimConfig};
-use bridge_tests::nats_server::NatsServer;
-use bridge_tests::sign::Credentials;
+use khoros_sim::{KhorosSim, KhorosSimConfig};
+use kore_sim::{KoreSim, KoreSimConfig};
 use shared::config::Env;
 use shared::Secret;
+use testkit::nats_server::NatsServer;
+use testkit::sign::Credentials;
 
 use crate::helpers::{worker_env, TestIngress, TestWorker, HMAC_KEY, HMAC_SECRET, TEST_TOKEN};
 
@@ -115,7 +115,7 @@ impl Stack {
                 .collect(),
         };
         // Workers only read the token; the scheduler (not run here) would seed it.
-        bridge_tests::token_seed::seed_token(&stack.nats.url(), &stack.worker_env(), TEST_TOKEN)
+        testkit::token_seed::seed_token(&stack.nats.url(), &stack.worker_env(), TEST_TOKEN)
             .await
             .expect("seed the token record");
         stack

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use bridge_tests::kore_sim::KoreSimConfig;
-use bridge_tests::wait;
+use kore_sim::KoreSimConfig;
 use serde_json::Value;
 use shared::topology::{buckets, Resource};
+use testkit::wait;
 
 use crate::helpers::jetstream;
 use crate::stack::{Stack, WAIT};

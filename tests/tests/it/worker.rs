@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
-use bridge_tests::khoros_sim::faults::Fault;
-use bridge_tests::kore_sim::script::Turn;
-use bridge_tests::kore_sim::KoreSimConfig;
-use bridge_tests::wait;
+use khoros_sim::faults::Fault;
+use kore_sim::script::Turn;
+use kore_sim::KoreSimConfig;
 use serde_json::{json, Value};
 use shared::topology::DEAD_LETTER_STREAM;
+use testkit::wait;
 
 use crate::helpers::jetstream;
 use crate::stack::{Stack, WAIT};
@@ -401,14 +401,14 @@ async fn quick_replies_and_handoff_templates_map_as_written() {
 #[tokio::test]
 async fn async_mode_replies_through_the_callback() {
     let mut kore = KoreSimConfig::default();
-    kore.channel.mode = bridge_tests::kore_sim::config::Mode::Async;
+    kore.channel.mode = kore_sim::config::Mode::Async;
     kore.channel.access_token = Some(shared::Secret::new("kore-callback-token"));
     // The ingress' address is only known once it runs, so POST_URL is set after start.
     let stack = Stack::start(
         &[("KORE_MODE", "async")],
         &[("KORE_CALLBACK_TOKEN", "kore-callback-token")],
         KoreSimConfig {
-            channel: bridge_tests::kore_sim::config::ChannelConfig {
+            channel: kore_sim::config::ChannelConfig {
                 post_url: Some("http://127.0.0.1:9/unset".into()),
                 ..kore.channel.clone()
             },
@@ -416,7 +416,7 @@ async fn async_mode_replies_through_the_callback() {
         },
     )
     .await;
-    let patch = bridge_tests::kore_sim::config::ConfigPatch {
+    let patch = kore_sim::config::ConfigPatch {
         post_url: Some(format!("{}/kore/callback", stack.ingress.base)),
         ..Default::default()
     };

@@ -264,11 +264,11 @@ struct Harness {
 /// The pinned nats-server (`NATS_SERVER_BIN`, else the copy `dev/nats-server` installed), as
 /// the tests use it; never an older one found on `PATH`.
 fn nats_binary() -> PathBuf {
-    crate::nats_server::binary()
+    testkit::nats_server::binary()
 }
 
 fn port() -> u16 {
-    crate::nats_server::free_port()
+    testkit::nats_server::free_port()
 }
 
 fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -956,7 +956,7 @@ impl Harness {
         replicas: usize,
     ) -> anyhow::Result<()> {
         // Workers only read the token (the scheduler owns it; the bench runs none).
-        crate::token_seed::seed_token(
+        testkit::token_seed::seed_token(
             &p.nats.base,
             &shared::config::Env::from_pairs(Vec::<(String, String)>::new()),
             BOT_TOKEN,

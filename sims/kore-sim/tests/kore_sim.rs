@@ -8,10 +8,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use bridge_tests::kore_sim::{
+use kore_sim::{
     Button, ChannelConfig, DeliveryKind, JwtAlg, KoreSim, KoreSimConfig, Mode, TokenHeader, Turn,
 };
-use bridge_tests::wait;
 use serde_json::{json, Value};
 use shared::kore::{
     BotItem, KoreClient, KoreConfig, KoreMode, KoreVersion, Polled, SyncAnswer, UserTurn,
@@ -19,6 +18,7 @@ use shared::kore::{
 use shared::retry::{retry, RetryClass, RetryPolicy};
 use shared::upstream::UpstreamError;
 use shared::Secret;
+use testkit::wait;
 use tokio::sync::mpsc;
 
 const USER: &str = "khoros:brandmessenger:bm-web-01:user-42";
@@ -173,11 +173,7 @@ async fn hs512_accepted_when_configured_and_hs256_refused() {
     )
     .await;
     assert_eq!(status, 200);
-    let hs256 = bridge_tests::kore_sim::jwt::mint(
-        &sim.claims(),
-        JwtAlg::HS256,
-        b"kore-test-client-secret-123",
-    );
+    let hs256 = kore_sim::jwt::mint(&sim.claims(), JwtAlg::HS256, b"kore-test-client-secret-123");
     let (status, body) = call(
         &sim.v2_url(),
         Some(format!("bearer {hs256}")),
@@ -195,7 +191,7 @@ async fn bad_tokens_get_401_with_the_envelope() {
     let sim = sim(KoreSimConfig::default()).await;
     let claims = sim.claims();
 
-    let wrong_secret = bridge_tests::kore_sim::jwt::mint(&claims, JwtAlg::HS256, b"not-the-secret");
+    let wrong_secret = kore_sim::jwt::mint(&claims, JwtAlg::HS256, b"not-the-secret");
     let mut wrong_app = claims.clone();
     wrong_app.app_id = "cs-someone-else".into();
     let mut expired = claims.clone();
@@ -253,9 +249,7 @@ async fn scripted_turns_render_as_specified() {
                     Button::web_url("Help", "https://help.example.com"),
                 ],
             )
-            .then_template(bridge_tests::kore_sim::templates::image(
-                "https://cdn.example.com/a.png",
-            )),
+            .then_template(kore_sim::templates::image("https://cdn.example.com/a.png")),
         ],
     );
     sim.script("another-user", [Turn::text("not yours")]);

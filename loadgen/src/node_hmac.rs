@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// `bench/servers/node-hmac.js`.
-pub const SCRIPT: &str = include_str!("../../../bench/servers/node-hmac.js");
+pub const SCRIPT: &str = include_str!("../../bench/servers/node-hmac.js");
 
 /// `NODE_BIN`, or `node` on the PATH.
 pub fn binary() -> PathBuf {
@@ -50,10 +50,10 @@ mod tests {
     use shared::Secret;
 
     use super::*;
-    use crate::loadgen::driver::{Failure, Job, Target};
-    use crate::loadgen::events::{EventSource, Spread};
-    use crate::loadgen::http::{HmacCredentials, HttpTarget};
-    use crate::loadgen::procs::{self, Proc};
+    use crate::driver::{Failure, Job, Target};
+    use crate::events::{EventSource, Spread};
+    use crate::http::{HmacCredentials, HttpTarget};
+    use crate::procs::{self, Proc};
 
     async fn send(url: &str, secret: &str) -> Result<(), Failure> {
         let events = Arc::new(EventSource::new("t", "kore-bridge", 4, 16, 5, Spread::Even));
@@ -86,7 +86,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let listen = format!("127.0.0.1:{}", crate::nats_server::free_port());
+        let listen = format!("127.0.0.1:{}", testkit::nats_server::free_port());
         let node = command(dir.path(), &listen, "key", "right").expect("script");
         let _server = Proc::spawn(
             "node-hmac",

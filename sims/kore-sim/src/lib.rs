@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use bridge_tests::kore_sim::{KoreSim, KoreSimConfig, Turn};
+//! use kore_sim::{KoreSim, KoreSimConfig, Turn};
 //! let sim = KoreSim::start(KoreSimConfig::default()).await?;
 //! sim.script("user-1", [Turn::quick_replies("Pick one", &[("Yes", "YES")])]);
 //! // POST {sim.v2_url()} with `Authorization: bearer {sim.token()}` ...

@@ -1,5 +1,5 @@
 //! The `kore-sim` binary: reads `KORE_SIM_*`, starts the Kore.ai Webhook-channel simulator
-//! ([`bridge_tests::kore_sim`]) and serves until Ctrl-C or SIGTERM.
+//! ([`kore_sim`]) and serves until Ctrl-C or SIGTERM.
 //!
 //! | Variable | Default | Meaning |
 //! |---|---|---|
@@ -24,7 +24,7 @@
 //! Logs are JSON lines (`RUST_LOG` filters); secrets are never logged.
 
 use anyhow::Context;
-use bridge_tests::kore_sim::{KoreSim, KoreSimConfig};
+use kore_sim::{KoreSim, KoreSimConfig};
 use shared::config::Env;
 
 #[tokio::main]

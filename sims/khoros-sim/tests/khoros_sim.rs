@@ -8,14 +8,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Router;
-use bridge_tests::khoros_sim::{
+use khoros_sim::{
     Credentials, DeliveryOutcome, Fault, HealthStatus, KhorosSim, KhorosSimConfig, SenderConfig,
     Tamper, TAG_AUTOMATIC_HANDOFF, TAG_BOT_HANDOFF, TAG_STANDARD_HANDOFF,
 };
-use bridge_tests::wait;
 use serde_json::{json, Value};
 use shared::auth::{AuthFailure, HmacKeys, HmacVerifier, RequestParts};
 use shared::Secret;
+use testkit::wait;
 
 const TOKEN: &str = "sim-test-token";
 const APP: &str = "kore-bridge";

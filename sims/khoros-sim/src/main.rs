@@ -1,5 +1,5 @@
 //! The `khoros-sim` binary: reads the configuration, starts
-//! [`bridge_tests::khoros_sim::KhorosSim`] and serves until Ctrl-C or SIGTERM.
+//! [`khoros_sim::KhorosSim`] and serves until Ctrl-C or SIGTERM.
 //!
 //! Usage: `khoros-sim [--listen ADDR]` (the flag overrides `KHOROS_SIM_LISTEN`).
 //!
@@ -34,7 +34,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use bridge_tests::khoros_sim::{KhorosSim, KhorosSimConfig};
+use khoros_sim::{KhorosSim, KhorosSimConfig};
 use shared::config::Env;
 use tokio::net::TcpListener;
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use shared::config::{ConfigError, Env};
 use shared::Secret;
 
-pub use crate::sign::Credentials;
+pub use testkit::sign::Credentials;
 
 /// The networkKeys the gateway accepts (`docs/vendors/khoros-bot-api-v3.md`,
 /// "Coordinate and author"); anything else is `400 Invalid networkKey`.
