@@ -8,15 +8,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shared::auth::{Clock, SystemClock};
-use shared::topology::{self, buckets, Readiness, Resource, Topology};
-use tokio::net::TcpListener;
+use shared::contract::headers;
+use shared::service::{self, Base, Listeners, Supervisor};
+use shared::topology::{buckets, Resource};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::BodyPolicy;
@@ -55,65 +55,43 @@ struct AppState {
     partitions: u32,
 }
 
-/// A built ingress: listeners bound, NATS connecting, topology kept in the background.
+/// A built ingress: listeners bound, NATS connected, topology kept in the background.
 pub struct App {
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     router: Router,
     ops_router: Router,
-    client: async_nats::Client,
+    base: Base,
     limits: ServerLimits,
     shutdown_timeout: Duration,
-    background: CancellationToken,
-    keeper: tokio::task::JoinHandle<()>,
-    payload_watch: tokio::task::JoinHandle<()>,
-    turn_opener: Option<tokio::task::JoinHandle<()>>,
+    max_payload: Arc<std::sync::atomic::AtomicUsize>,
+    turns: Option<Turns>,
 }
 
 impl App {
     /// Binds `INGRESS_LISTEN` and `METRICS_LISTEN` and connects to NATS.
     pub async fn build(config: IngressConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
-        let metrics_listener = TcpListener::bind(config.metrics_listen).await?;
-        Self::build_with(config, listener, Some(metrics_listener)).await
+        let listeners = Listeners::bind(config.listen, config.metrics_listen).await?;
+        Self::build_with(config, listeners).await
     }
 
     /// Uses listeners the caller bound (tests bind `127.0.0.1:0`). Without a metrics listener
     /// there is no `/metrics` or `/readyz`.
-    pub async fn build_with(
-        config: IngressConfig,
-        listener: TcpListener,
-        metrics_listener: Option<TcpListener>,
-    ) -> anyhow::Result<Self> {
+    pub async fn build_with(config: IngressConfig, listeners: Listeners) -> anyhow::Result<Self> {
         // Install the recorder before the first request so no sample is lost.
         shared::telemetry::metrics_handle();
         let metrics = HotMetrics::register();
-        let client = topology::connect(&config.nats).await?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(config.publish_timeout);
-        let background = CancellationToken::new();
-        let (readiness, keeper) = Topology::new(config.topology.clone()).keep(
-            js.clone(),
-            &needs(&config),
-            background.clone(),
-        );
+        let mut base =
+            Base::connect(&config.nats, config.topology.clone(), &needs(&config)).await?;
+        base.js.set_timeout(config.publish_timeout);
         let body = BodyPolicy::new(
             config.max_body_bytes,
             config.body_read_timeout,
             config.body_budget_bytes,
         )
-        .with_client(client.clone());
-        let payload_watch = tokio::spawn(watch_max_payload(
-            client.clone(),
-            body.max_payload(),
-            background.clone(),
-        ));
-        let turns = Turns::new(js.clone(), readiness.clone());
-        let turn_opener = config
-            .kore_callback
-            .is_some()
-            .then(|| tokio::spawn(turns.clone().open_when_ensured(background.clone())));
-        let publisher = Publisher::new(js, readiness.clone(), metrics.clone());
+        .with_client(base.client.clone());
+        let max_payload = body.max_payload();
+        let turns = Turns::new(base.js.clone(), base.readiness.clone());
+        let publisher = Publisher::new(base.js.clone(), base.readiness.clone(), metrics.clone());
         let state = AppState {
             intake: Intake::new(
                 config.auth.clone(),
@@ -124,7 +102,7 @@ impl App {
             ),
             metrics,
             kore_callback: config.kore_callback.clone(),
-            turns,
+            turns: turns.clone(),
             partitions: config.topology.partitions,
         };
         let router = Router::new()
@@ -133,25 +111,23 @@ impl App {
             .route("/healthz", get(|| async { "ok" }))
             .with_state(Arc::new(state));
         Ok(Self {
-            listener,
-            metrics_listener,
+            listeners,
             router,
-            ops_router: ops_router(readiness),
-            client,
+            ops_router: service::ops_routes(base.readiness.clone()),
             limits: ServerLimits {
                 max_connections: config.max_connections,
                 header_read_timeout: config.header_read_timeout,
             },
             shutdown_timeout: config.shutdown_timeout,
-            background,
-            keeper,
-            payload_watch,
-            turn_opener,
+            max_payload,
+            turns: config.kore_callback.is_some().then_some(turns),
+            base,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.listeners
+            .main
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -162,51 +138,51 @@ impl App {
 
     /// The metrics listener's address, when there is one.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
+        self.listeners
+            .metrics
             .as_ref()
             .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` fires, then finishes in-flight requests (bounded by
     /// `SHUTDOWN_TIMEOUT`) and flushes NATS.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let metrics = self.metrics_listener.map(|l| {
-            tokio::spawn(shared::telemetry::serve_metrics(
-                l,
-                self.ops_router,
-                shutdown.clone(),
-            ))
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = Supervisor::new(&shutdown);
+        let stop = tasks.stop();
+        if let Some(listener) = self.listeners.metrics {
+            tasks.spawn(
+                "metrics",
+                shared::telemetry::serve_metrics(listener, self.ops_router, stop.clone()),
+            );
+        }
+        let watch = watch_max_payload(self.base.client.clone(), self.max_payload, stop.clone());
+        tasks.spawn("max-payload", async move {
+            watch.await;
+            Ok::<_, String>(())
         });
-        tracing::info!(addr = %self.listener.local_addr()?, "ingress listening");
-        server::serve(
-            self.listener,
+        if let Some(turns) = self.turns {
+            // Ends once the bucket is open (or at stop): not a task whose end stops the rest.
+            tokio::spawn(turns.open_when_ensured(stop.clone()));
+        }
+        tracing::info!(addr = %self.listeners.main.local_addr()?, "ingress listening");
+        let (listener, router, limits, timeout) = (
+            self.listeners.main,
             self.router,
             self.limits,
-            shutdown,
             self.shutdown_timeout,
-        )
-        .await;
-        self.background.cancel();
-        let _ = self.keeper.await;
-        let _ = self.payload_watch.await;
-        if let Some(task) = self.turn_opener {
-            let _ = task.await;
-        }
-        shared::topology::flush_at_shutdown(&self.client).await;
-        if let Some(task) = metrics {
-            task.abort();
-        }
+        );
+        tasks.spawn("http", async move {
+            server::serve(listener, router, limits, stop, timeout).await;
+            Ok::<_, String>(())
+        });
+        // The HTTP server bounds its own drain by SHUTDOWN_TIMEOUT; the rest stop at once.
+        tasks
+            .run(self.shutdown_timeout + Duration::from_secs(1))
+            .await;
+        self.base.close().await;
         tracing::info!("ingress stopped");
         Ok(())
     }
-}
-
-/// `/healthz` and `/readyz` for the metrics listener.
-fn ops_router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(topology::readyz))
-        .with_state(readiness)
 }
 
 /// Keeps the body limit in step with the connected server's `max_payload` (it can differ
@@ -238,7 +214,7 @@ async fn receive_event(State(state): State<Arc<AppState>>, request: Request) -> 
     let started = Instant::now();
     let received_at_ms = SystemClock.now_ms();
     // Kept for the log line of a failure; cloning a header value is a reference count.
-    let request_id = request.headers().get("x-amzn-requestid").cloned();
+    let request_id = request.headers().get(headers::KHOROS_REQUEST_ID).cloned();
     let response = match state.intake.accept(request, received_at_ms).await {
         Ok(accepted) => {
             // Debug, not info: one JSON line per accepted event was a fifth of the ingress'
@@ -279,8 +255,12 @@ async fn receive_event(State(state): State<Arc<AppState>>, request: Request) -> 
 
 /// One line per refused request, with its request id (the hot path opens no span).
 fn log_failure(error: &IngressError, request_id: Option<&HeaderValue>) {
-    // `to_str` succeeds only on visible ASCII, so cutting at a byte index is safe.
-    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Read by the pipeline's rules; an id those refuse is logged as absent. Visible ASCII
+    // only, so cutting at a byte index is safe.
+    let request_id = request_id
+        .as_ref()
+        .and_then(|v| headers::request_id_value(v).ok().flatten())
+        .unwrap_or("");
     let request_id = &request_id[..request_id.len().min(64)];
     match error {
         IngressError::Unauthorized(reason) => {
@@ -296,76 +276,67 @@ fn log_failure(error: &IngressError, request_id: Option<&HeaderValue>) {
     }
 }
 
-/// The 403 body of [`IngressError::NoTurn`] (the callback's error bodies are `&'static str`).
-const NO_TURN: &str = "no bot turn is outstanding for this user";
-
 /// Kore.ai's asynchronous delivery: authenticate with the channel token, check that a bot turn
 /// is outstanding for its user, store, answer 200 (also for a duplicate: it is stored).
 async fn receive_kore_delivery(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let received_at_ms = SystemClock.now_ms();
-    let result = async {
-        let Some(auth) = &state.kore_callback else {
-            return Err((StatusCode::NOT_FOUND, "kore callback is not enabled"));
-        };
-        if let Err(reason) = auth.verify(request.headers()) {
-            tracing::warn!(
-                reason = reason.reason(),
-                "kore.ai callback authentication failed"
-            );
-            metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason.reason()).increment(1);
-            return Err((StatusCode::UNAUTHORIZED, "unauthorized"));
+    let result = accept_kore_delivery(&state, request, received_at_ms).await;
+    let outcome = match &result {
+        Ok(false) => "stored",
+        Ok(true) => "duplicate",
+        Err(error) => error.outcome(),
+    };
+    metrics::counter!(telemetry::KORE_CALLBACKS, "outcome" => outcome).increment(1);
+    match result {
+        Ok(duplicate) => {
+            if duplicate {
+                tracing::info!("kore.ai delivery already stored (duplicate)");
+            }
+            (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
         }
-        let policy = state.intake.body_policy();
-        let too_large = |e: IngressError| (e.status(), "body too large or unreadable");
-        let declared = policy
-            .declared_length(request.headers())
-            .map_err(too_large)?;
-        let _reservation = policy.reserve(declared).map_err(too_large)?;
-        let body = policy.read(request.into_body()).await.map_err(too_large)?;
-        match kore_callback::store(
-            state.intake.publisher(),
-            &state.turns,
-            state.partitions,
-            body,
-            received_at_ms,
-        )
-        .await
-        {
-            Ok(stored) => Ok(stored.duplicate),
-            Err(IngressError::BadRequest(_)) => {
-                Err((StatusCode::BAD_REQUEST, "body is not a JSON object"))
+        Err(error) => {
+            match &error {
+                IngressError::Unauthorized(reason) => {
+                    tracing::warn!(
+                        reason = reason.reason(),
+                        "kore.ai callback authentication failed"
+                    );
+                    metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason.reason())
+                        .increment(1);
+                }
+                IngressError::Unavailable(e) => {
+                    tracing::error!(error = %e, "kore.ai delivery not stored");
+                }
+                other => tracing::warn!(error = %other, "kore.ai delivery refused"),
             }
-            Err(e @ IngressError::NoTurn) => {
-                tracing::warn!("kore.ai delivery refused: {e}");
-                Err((e.status(), NO_TURN))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "kore.ai delivery not stored");
-                Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "event store unavailable, retry later",
-                ))
-            }
+            error.into_response()
         }
     }
-    .await;
-    let (status, outcome, message) = match result {
-        Ok(false) => (StatusCode::OK, "stored", "ok"),
-        Ok(true) => {
-            tracing::info!("kore.ai delivery already stored (duplicate)");
-            (StatusCode::OK, "duplicate", "ok")
-        }
-        Err((status, message)) => (
-            status,
-            status.canonical_reason().unwrap_or("error"),
-            message,
-        ),
-    };
-    metrics::counter!(telemetry::KORE_CALLBACKS, "outcome" => outcome.to_ascii_lowercase().replace(' ', "_")).increment(1);
-    let body = if status == StatusCode::OK {
-        serde_json::json!({ "status": "ok" })
-    } else {
-        serde_json::json!({ "error": message })
-    };
-    (status, Json(body)).into_response()
+}
+
+/// Whether the delivery was a duplicate, once it is stored.
+async fn accept_kore_delivery(
+    state: &AppState,
+    request: Request,
+    received_at_ms: i64,
+) -> Result<bool, IngressError> {
+    let auth = state
+        .kore_callback
+        .as_ref()
+        .ok_or(IngressError::CallbackDisabled)?;
+    auth.verify(request.headers())
+        .map_err(IngressError::Unauthorized)?;
+    let policy = state.intake.body_policy();
+    let declared = policy.declared_length(request.headers())?;
+    let _reservation = policy.reserve(declared)?;
+    let body = policy.read(request.into_body()).await?;
+    let stored = kore_callback::store(
+        state.intake.publisher(),
+        &state.turns,
+        state.partitions,
+        body,
+        received_at_ms,
+    )
+    .await?;
+    Ok(stored.duplicate)
 }

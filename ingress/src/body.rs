@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::IngressError;
+use crate::error::{BadRequest, IngressError};
 
 /// Bodies up to this size draw on the budget for ordinary events (Khoros events are a few
 /// KiB); larger ones on a separate half, so large uploads cannot starve ordinary events.
@@ -92,7 +92,7 @@ impl BodyPolicy {
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| IngressError::BadRequest("Content-Length is not a number".into()))?;
+            .ok_or(BadRequest::ContentLength)?;
         let limit = self.limit();
         if length > limit as u64 {
             return Err(IngressError::TooLarge { limit });
@@ -128,7 +128,7 @@ impl BodyPolicy {
                 Err(if too_large {
                     IngressError::TooLarge { limit }
                 } else {
-                    IngressError::BadRequest(format!("could not read body: {e}"))
+                    BadRequest::Unreadable(e).into()
                 })
             }
         }
@@ -165,7 +165,7 @@ mod tests {
         );
         assert!(matches!(
             policy.declared_length(&headers("lots")),
-            Err(IngressError::BadRequest(_))
+            Err(IngressError::BadRequest(BadRequest::ContentLength))
         ));
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use shared::auth::AuthFailure;
+use shared::contract::headers::RequestIdError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -15,10 +16,13 @@ pub enum IngressError {
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("bad request: {0}")]
-    BadRequest(String),
+    BadRequest(#[from] BadRequest),
     /// A Kore.ai delivery for a user with no bot turn outstanding (or no usable `to`).
     #[error("no bot turn is outstanding for this user")]
     NoTurn,
+    /// `POST /kore/callback` while no callback token is configured.
+    #[error("kore callback is not enabled")]
+    CallbackDisabled,
     /// The body did not arrive within `BODY_READ_TIMEOUT`.
     #[error("body not received within {0:?}")]
     BodyTimeout(Duration),
@@ -27,7 +31,37 @@ pub enum IngressError {
     Busy,
     /// JetStream could not take the event in time; Khoros will retry, dedup makes that safe.
     #[error("event store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] Unavailable),
+}
+
+/// The caller's own mistakes: each says which.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error(transparent)]
+    RequestId(#[from] RequestIdError),
+    #[error("Content-Length is not a number")]
+    ContentLength,
+    #[error("could not read body: {0}")]
+    Unreadable(axum::Error),
+    #[error("body is not a JSON event: {0}")]
+    NotAnEvent(serde_json::Error),
+    #[error("event has no `type`")]
+    NoType,
+    #[error("event has an empty `type`")]
+    EmptyType,
+    #[error("body is not a JSON object: {0}")]
+    NotAnObject(serde_json::Error),
+}
+
+/// What could not be reached; logged, never shown to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The publish, or its PubAck, failed or timed out.
+    #[error("publish: {0}")]
+    Publish(async_nats::Error),
+    /// The KV bucket that holds outstanding Kore.ai turns could not be read.
+    #[error("turn bucket: {0}")]
+    TurnBucket(async_nats::Error),
 }
 
 impl IngressError {
@@ -38,6 +72,7 @@ impl IngressError {
             IngressError::TooLarge { .. } => "too_large",
             IngressError::BadRequest(_) => "bad_request",
             IngressError::NoTurn => "no_turn",
+            IngressError::CallbackDisabled => "disabled",
             IngressError::BodyTimeout(_) => "timeout",
             IngressError::Busy => "busy",
             IngressError::Unavailable(_) => "unavailable",
@@ -50,6 +85,7 @@ impl IngressError {
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngressError::NoTurn => StatusCode::FORBIDDEN,
+            IngressError::CallbackDisabled => StatusCode::NOT_FOUND,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Busy | IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -7,35 +7,16 @@
 
 use async_nats::HeaderMap as NatsHeaders;
 use axum::extract::Request;
-use axum::http::{header, request::Parts, HeaderMap};
+use axum::http::{header, request::Parts};
 use bytes::Bytes;
 use shared::auth::{Authenticator, RequestParts, Verified};
-use shared::routing::{self, headers, RouteFields};
+use shared::contract::route::{body_message_id, signature_digest};
+use shared::contract::{headers, subject, Envelope, RouteFields};
 
 use crate::body::BodyPolicy;
-use crate::error::IngressError;
+use crate::error::{BadRequest, IngressError};
 use crate::publish::{Publisher, Stored};
 use crate::telemetry::HotMetrics;
-
-/// Longest `x-amzn-RequestId` accepted (Khoros sends UUIDs or 32 hex chars).
-const MAX_REQUEST_ID_LEN: usize = 256;
-
-/// `x-amzn-RequestId`, validated; `None` when absent or empty.
-pub fn request_id(headers: &HeaderMap) -> Result<Option<&str>, IngressError> {
-    let Some(value) = headers.get("x-amzn-requestid") else {
-        return Ok(None);
-    };
-    let id = value
-        .to_str()
-        .map_err(|_| IngressError::BadRequest("x-amzn-RequestId must be visible ASCII".into()))?
-        .trim();
-    if id.len() > MAX_REQUEST_ID_LEN {
-        return Err(IngressError::BadRequest(format!(
-            "x-amzn-RequestId longer than {MAX_REQUEST_ID_LEN} characters"
-        )));
-    }
-    Ok((!id.is_empty()).then_some(id))
-}
 
 /// Where an authenticated event goes.
 pub struct Route {
@@ -93,7 +74,7 @@ impl Intake {
         received_at_ms: i64,
     ) -> Result<Accepted, IngressError> {
         let (parts, body) = request.into_parts();
-        let request_id = request_id(&parts.headers)?;
+        let request_id = headers::request_id(&parts.headers).map_err(BadRequest::from)?;
         self.auth
             .precheck(&parts.headers)
             .map_err(IngressError::Unauthorized)?;
@@ -146,45 +127,34 @@ impl Intake {
 
     /// Reads the event type and conversation key; the rest of the body stays unparsed.
     pub fn route(&self, body: &[u8], request_id: Option<&str>) -> Result<Route, IngressError> {
-        let fields: RouteFields = serde_json::from_slice(body).map_err(|e| {
-            IngressError::BadRequest(
-                if e.is_data() && e.to_string().contains("missing field `type`") {
-                    "event has no `type`".to_string()
-                } else {
-                    format!("body is not a JSON event: {e}")
-                },
-            )
-        })?;
-        if fields.kind.is_empty() {
-            return Err(IngressError::BadRequest("event has an empty `type`".into()));
-        }
+        let fields: RouteFields = serde_json::from_slice(body).map_err(BadRequest::NotAnEvent)?;
+        let kind = match fields.kind.as_deref() {
+            None => return Err(BadRequest::NoType.into()),
+            Some("") => return Err(BadRequest::EmptyType.into()),
+            Some(kind) => kind,
+        };
         let partition = fields.conversation_key().partition(self.partitions);
         Ok(Route {
-            subject: routing::event_subject(&fields.kind, partition),
-            message_id: request_id.map_or_else(|| routing::body_message_id(body), str::to_owned),
-            kind_label: HotMetrics::kind_label(&fields.kind),
+            subject: subject::event(kind, partition),
+            message_id: request_id.map_or_else(|| body_message_id(body), str::to_owned),
+            kind_label: HotMetrics::kind_label(kind),
         })
     }
 }
 
-/// The headers stored with an event (the contract with the worker, `shared::routing::headers`).
+/// The headers stored with an event (the contract with the worker, [`Envelope`]).
 fn stored_headers(
     route: &Route,
     request_id: Option<&str>,
     received_at_ms: i64,
     verified: &Verified,
 ) -> NatsHeaders {
-    let mut nats = NatsHeaders::new();
-    nats.insert(headers::MSG_ID, route.message_id.as_str());
-    if let Some(id) = request_id {
-        nats.insert(headers::REQUEST_ID, id);
+    Envelope {
+        message_id: Some(route.message_id.clone()),
+        request_id: request_id.map(str::to_owned),
+        received_at_ms: Some(received_at_ms),
+        signature_digest: verified.signature.as_ref().map(|s| signature_digest(s)),
+        ..Envelope::default()
     }
-    nats.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
-    if let Some(signature) = &verified.signature {
-        nats.insert(
-            headers::SIGNATURE_DIGEST,
-            routing::signature_digest(signature).as_str(),
-        );
-    }
-    nats
+    .to_headers()
 }

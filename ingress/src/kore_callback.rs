@@ -3,7 +3,7 @@
 //! access token and stored on `kore.replies.<partition>` for the workers.
 //!
 //! - Only for a Kore user with a bot turn outstanding: the worker marks each async turn in
-//!   `bridge_conversations` under [`shared::kore::turn_key`]. A delivery without `to`, with a
+//!   `bridge_conversations` under [`shared::contract::keys::turn`]. A delivery without `to`, with a
 //!   `to` that cannot be a key, or without such a mark is refused (403) and not stored: the
 //!   token alone would let anyone who holds it write into any conversation.
 //! - Stored with `Nats-Msg-Id` = `kore-<sha256 of the body>`, so a delivery posted twice within
@@ -14,19 +14,18 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
-use async_nats::HeaderMap as NatsHeaders;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::Deserialize;
 use shared::auth::{constant_time_eq, AuthFailure};
-use shared::kore;
-use shared::routing::{headers, kore_delivery_message_id, ConversationKey, KORE_REPLIES_PREFIX};
+use shared::contract::route::kore_delivery_message_id;
+use shared::contract::{keys, subject, Envelope};
 use shared::topology::{buckets, Readiness};
 use shared::Secret;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::IngressError;
+use crate::error::{BadRequest, IngressError, Unavailable};
 use crate::publish::{Publisher, Stored};
 
 /// How Kore.ai presents the access token configured on the channel.
@@ -102,17 +101,17 @@ impl Turns {
         self.store
             .get_or_try_init(|| self.js.get_key_value(buckets::CONVERSATIONS))
             .await
-            .map_err(|e| IngressError::Unavailable(format!("turn bucket: {e}")))
+            .map_err(|e| Unavailable::TurnBucket(e.into()).into())
     }
 
     /// Whether the worker marked a turn outstanding for `to`.
     async fn outstanding(&self, to: Option<&str>) -> Result<bool, IngressError> {
-        let Some(key) = to.and_then(kore::turn_key) else {
+        let Some(key) = to.and_then(keys::turn) else {
             return Ok(false);
         };
         let entry = self.store().await?.get(key).await.map_err(|e| {
             self.readiness.nudge();
-            IngressError::Unavailable(format!("turn bucket: {e}"))
+            IngressError::from(Unavailable::TurnBucket(e.into()))
         })?;
         Ok(entry.is_some())
     }
@@ -126,25 +125,20 @@ pub async fn store(
     body: Bytes,
     received_at_ms: i64,
 ) -> Result<Stored, IngressError> {
-    let recipient: Recipient = serde_json::from_slice(&body)
-        .map_err(|e| IngressError::BadRequest(format!("body is not a JSON object: {e}")))?;
+    let recipient: Recipient = serde_json::from_slice(&body).map_err(BadRequest::NotAnObject)?;
     let to = recipient.to.as_deref();
     if !turns.outstanding(to).await? {
         return Err(IngressError::NoTurn);
     }
-    let partition = ConversationKey {
-        network: "kore",
-        external_id: "",
-        author_id: to.unwrap_or_default(),
-    }
-    .partition(partitions);
-    let mut nats_headers = NatsHeaders::new();
-    nats_headers.insert(headers::MSG_ID, kore_delivery_message_id(&body).as_str());
-    nats_headers.insert(headers::RECEIVED_AT, received_at_ms.to_string().as_str());
+    let envelope = Envelope {
+        message_id: Some(kore_delivery_message_id(&body)),
+        received_at_ms: Some(received_at_ms),
+        ..Envelope::default()
+    };
     publisher
         .publish(
-            format!("{KORE_REPLIES_PREFIX}.{partition}"),
-            nats_headers,
+            subject::kore_replies(to.unwrap_or_default(), partitions),
+            envelope.to_headers(),
             body,
         )
         .await

@@ -14,6 +14,8 @@ use shared::config::Env;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
+use shared::service::Listeners;
+
 use crate::{server, App, IngressConfig};
 
 /// Runs the ingress from the process environment until SIGTERM or Ctrl-C.
@@ -100,9 +102,15 @@ fn serve_loop(
             ),
             _ => None,
         };
-        let app = App::build_with(config, listener, metrics)
-            .await
-            .context("starting the ingress")?;
+        let app = App::build_with(
+            config,
+            Listeners {
+                main: listener,
+                metrics,
+            },
+        )
+        .await
+        .context("starting the ingress")?;
         app.run_until_stopped(shutdown)
             .await
             .context("ingress server")

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use shared::topology::Readiness;
 
-use crate::error::IngressError;
+use crate::error::{IngressError, Unavailable};
 use crate::telemetry::HotMetrics;
 
 /// Publishes to JetStream; a missing or late PubAck is [`IngressError::Unavailable`].
@@ -57,7 +57,7 @@ impl Publisher {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
-        .map_err(|e| IngressError::Unavailable(e.to_string()));
+        .map_err(|e| Unavailable::Publish(e).into());
         if result.is_err() {
             self.readiness.nudge();
         }

@@ -2,6 +2,7 @@
 //! hot path records into (looked up once: a registry lookup per request showed in profiles).
 
 use metrics::{Counter, Histogram};
+use shared::contract::EventKind;
 
 /// Counter, label `outcome`: accepted, duplicate, unauthorized, too_large, bad_request,
 /// timeout, busy, unavailable.
@@ -19,8 +20,14 @@ pub const EVENTS_STORED: &str = "ingress_events_stored_total";
 /// Counter, label `outcome`: Kore.ai asynchronous deliveries (stored, unauthorized, ...).
 pub const KORE_CALLBACKS: &str = "ingress_kore_callbacks_total";
 
-/// The `type` labels of `ingress_events_stored_total`.
-const KINDS: [&str; 4] = ["message", "update", "control", "other"];
+/// The `type` labels of `ingress_events_stored_total`: the Khoros types a pool consumes, and
+/// `other` for the rest (bounded cardinality).
+const KINDS: [&str; 4] = [
+    EventKind::Message.as_str(),
+    EventKind::Update.as_str(),
+    EventKind::Control.as_str(),
+    "other",
+];
 
 /// The handles of the per-request metrics.
 #[derive(Clone)]
@@ -48,7 +55,7 @@ impl HotMetrics {
 
     /// The label of an event type: the known ones, or `other` (bounded cardinality).
     pub fn kind_label(kind: &str) -> &'static str {
-        KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
+        EventKind::of_khoros_type(kind).map_or(KINDS[3], EventKind::as_str)
     }
 
     /// `ingress_events_stored_total` for a label from [`Self::kind_label`].

@@ -7,7 +7,7 @@
 //! `khoros_sim::events`); they are formatted from templates because the generator must stay
 //! cheap next to the service it measures (a unit test checks they parse as the real model).
 
-use shared::routing::ConversationKey;
+use shared::contract::ConversationKey;
 
 /// The network and source of every generated conversation.
 pub const NETWORK: &str = "brandmessenger";
@@ -281,8 +281,8 @@ fn mix(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::contract::RouteFields;
     use shared::event::{Event as Model, Operation};
-    use shared::routing::RouteFields;
 
     fn source(spread: Spread) -> EventSource {
         EventSource::new("t1", "kore-bridge", 16, 64, 5, spread)
@@ -295,7 +295,7 @@ mod tests {
         for i in 0..30 {
             let event = source.event(i, 1_700_000_000_000);
             let routed: RouteFields = serde_json::from_slice(&event.body).unwrap();
-            assert_eq!(routed.kind, event.kind.as_str());
+            assert_eq!(routed.kind.as_deref(), Some(event.kind.as_str()));
             assert_eq!(routed.conversation_key().partition(16), event.partition);
             match serde_json::from_slice::<Model>(&event.body).unwrap() {
                 Model::Message(m) => {

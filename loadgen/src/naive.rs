@@ -19,7 +19,7 @@ use axum::Router;
 use serde::Deserialize;
 use shared::auth::{HmacKeys, HmacVerifier, RequestParts};
 use shared::config::Env;
-use shared::routing::{self, headers};
+use shared::contract::{headers, subject};
 use shared::topology::TopologyConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ async fn accept(
     };
     let mut nats_headers = async_nats::HeaderMap::new();
     nats_headers.insert(headers::MSG_ID, request_id);
-    let subject = routing::event_subject(&event.kind, PARTITION);
+    let subject = subject::event(&event.kind, PARTITION);
     let stored = match naive
         .js
         .publish_with_headers(subject, nats_headers, body)

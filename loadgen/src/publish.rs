@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use shared::auth::{Clock, SystemClock};
-use shared::routing::{self, headers};
+use shared::contract::{headers, subject};
 
 use super::driver::{Failure, Job, Target};
 use super::events::EventSource;
@@ -43,7 +43,7 @@ impl Target for PublishTarget {
         h.insert(headers::RECEIVED_AT, now_ms.to_string().as_str());
         // The ingress stores the digest of each signature: same headers, same bytes.
         h.insert(headers::SIGNATURE_DIGEST, STAND_IN_DIGEST);
-        let subject = routing::event_subject(event.kind.as_str(), event.partition);
+        let subject = subject::event(event.kind.as_str(), event.partition);
         let message = PublishMessage::build()
             .headers(h)
             .payload(Bytes::from(event.body));

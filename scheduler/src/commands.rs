@@ -10,13 +10,13 @@ use serde::Serialize;
 use shared::token::TokenRecord;
 
 use crate::config::SchedulerConfig;
-use crate::kv::{KvError, Versioned};
 use crate::lease::{Lease, LeaseRecord};
 use crate::rotation::{AttemptStatus, CheckOutcome, RotationReport, RotationState, Rotator};
 use crate::schedule::Decision;
 use crate::service::Stores;
 use crate::verify::{self, Verdict};
 use shared::khoros::KhorosApi;
+use shared::kv::{KvError, Versioned};
 
 /// How long a command waits for NATS before giving up.
 const NATS_TIMEOUT: Duration = Duration::from_secs(10);

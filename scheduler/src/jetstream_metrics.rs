@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
+use shared::contract::kind::CONSUMER_PREFIX;
 use shared::topology::{DEAD_LETTER_STREAM, EVENTS_STREAM, KORE_REPLIES_STREAM};
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +51,10 @@ pub struct Sampler {
 /// The event type in a worker consumer's name: `worker-message-3` -> `message`,
 /// `worker-agent-response-12` -> `agent-response`; `other` for consumers not named so.
 pub fn event_type_of(consumer: &str) -> &str {
-    let Some(rest) = consumer.strip_prefix("worker-").filter(|r| !r.is_empty()) else {
+    let Some(rest) = consumer
+        .strip_prefix(CONSUMER_PREFIX)
+        .filter(|r| !r.is_empty())
+    else {
         return "other";
     };
     match rest.rsplit_once('-') {

@@ -16,8 +16,8 @@ use shared::auth::Clock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::kv::{self, KvError, Versioned};
 use crate::telemetry;
+use shared::kv::{self, KvError, Versioned};
 
 /// Key of the rotation lease in the leases bucket.
 pub const LEASE_KEY: &str = "scheduler.rotation";

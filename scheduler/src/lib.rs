@@ -14,7 +14,6 @@
 //! - [`schedule`]: the pure decision "is a rotation due now".
 //! - [`rotation`]: seeding, the fenced rotation itself, token gauges.
 //! - [`lease`]: the rotation lease (create / renew / take over / release).
-//! - [`kv`]: typed JSON records in KV with compare-and-set writes.
 //! - [`jetstream_metrics`]: stream depth, consumer lag and dead-letter gauges.
 //! - [`cli`]: the command line (clap) and exit codes.
 //! - [`commands`]: the `rotate-now` and `token-status` operator commands.
@@ -26,7 +25,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod jetstream_metrics;
-pub mod kv;
 pub mod lease;
 pub mod rotation;
 pub mod schedule;

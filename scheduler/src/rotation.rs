@@ -24,10 +24,10 @@ use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::upstream::{self, UpstreamError};
 use shared::Secret;
 
-use crate::kv::{self, KvError, Versioned};
 use crate::schedule::{Decision, Reason, SchedulePolicy};
 use crate::telemetry;
 use shared::khoros::{KhorosApi, Refreshed};
+use shared::kv::{self, KvError, Versioned};
 
 /// Key of the last attempt's record, in the tokens bucket next to the token itself
 /// (workers watch only [`TOKEN_KEY`], so writing this one does not wake them).

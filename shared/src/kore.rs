@@ -96,7 +96,7 @@ pub enum Polled {
 }
 
 /// `[A-Za-z0-9_-]{1,128}`: safe as a URL path segment and as a NATS KV key token.
-fn is_safe_id(id: &str) -> bool {
+pub(crate) fn is_safe_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
             .bytes()
@@ -107,13 +107,6 @@ fn is_safe_id(id: &str) -> bool {
 /// untrusted input all the same).
 pub fn is_valid_poll_id(poll_id: &str) -> bool {
     is_safe_id(poll_id)
-}
-
-/// The `bridge_conversations` key that marks a bot turn outstanding for a Kore user in async
-/// mode (written by the worker, checked by the ingress before it stores a delivery). `None`
-/// when the id cannot be a KV key token: no turn can be outstanding for it.
-pub fn turn_key(user_id: &str) -> Option<String> {
-    is_safe_id(user_id).then(|| format!("turn.{user_id}"))
 }
 
 /// One user turn to send to the bot.
@@ -548,11 +541,8 @@ mod tests {
             &"a".repeat(129),
         ] {
             assert!(!is_valid_poll_id(bad), "{bad:?}");
-            assert_eq!(turn_key(bad), None, "{bad:?}");
+            assert_eq!(crate::contract::keys::turn(bad), None, "{bad:?}");
         }
-        assert_eq!(turn_key("user-42").as_deref(), Some("turn.user-42"));
-        assert_eq!(turn_key("u.x"), None);
-        assert_eq!(turn_key("u*"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::ConnectOptions;
 
 use crate::config::{ConfigError, Env, NatsConfig};
-use crate::routing::{DEAD_LETTER_PREFIX, EVENTS_PREFIX, KORE_REPLIES_PREFIX};
+use crate::contract::subject::{DEAD_LETTER_PREFIX, EVENTS_PREFIX, KORE_REPLIES_PREFIX};
 
 /// Stream holding every accepted Khoros event.
 pub const EVENTS_STREAM: &str = "KHOROS_EVENTS";

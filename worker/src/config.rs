@@ -5,44 +5,11 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use shared::config::{ConfigError, Env, NatsConfig};
+use shared::contract::EventKind;
 use shared::kore::{KoreConfig, KoreMode, KoreVersion};
 use shared::retry::RetryPolicy;
 use shared::topology::TopologyConfig;
 use shared::Secret;
-
-/// What a worker consumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
-    /// `khoros.events.message.*`: customer messages.
-    Message,
-    /// `khoros.events.update.*`: CREATED, CLOSED, AGENT_RESPONSE.
-    Update,
-    /// `khoros.events.control.*`: ownership changes.
-    Control,
-    /// `kore.replies.*`: Kore.ai asynchronous deliveries.
-    KoreReply,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Message => "message",
-            EventKind::Update => "update",
-            EventKind::Control => "control",
-            EventKind::KoreReply => "kore_reply",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "message" => Some(EventKind::Message),
-            "update" => Some(EventKind::Update),
-            "control" => Some(EventKind::Control),
-            "kore_reply" => Some(EventKind::KoreReply),
-            _ => None,
-        }
-    }
-}
 
 /// Circuit breaker in front of Kore.ai.
 #[derive(Clone, Copy, Debug)]
@@ -240,7 +207,7 @@ fn derived_user_id_key(client_secret: &Secret) -> Secret {
     let mut h = Sha256::new();
     h.update(b"khoros-kore-bridge user id key\0");
     h.update(client_secret.expose().as_bytes());
-    Secret::new(shared::routing::hex(&h.finalize()))
+    Secret::new(shared::contract::route::hex(&h.finalize()))
 }
 
 fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {

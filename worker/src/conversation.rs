@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shared::contract::ConversationKey;
 use shared::event::{Author, Coordinate, Owner};
-use shared::routing::ConversationKey;
+use shared::kv::{self, KvError};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
 
@@ -39,7 +41,7 @@ pub struct ConversationRecord {
     pub kore_user: Option<String>,
 }
 
-/// A record as read, with its revision (`None`: the key never existed).
+/// A record as read, with its revision (`None`: no live record under the key).
 #[derive(Clone, Debug, Default)]
 pub struct Seen {
     pub record: Option<ConversationRecord>,
@@ -48,12 +50,14 @@ pub struct Seen {
 
 #[derive(Clone)]
 pub struct Conversations {
-    kv: kv::Store,
+    kv: Store,
+    /// Ends the delayed removals when the worker stops.
+    stop: CancellationToken,
 }
 
 impl Conversations {
-    pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
+    pub fn new(kv: Store, stop: CancellationToken) -> Self {
+        Self { kv, stop }
     }
 
     pub fn key(coordinate: &Coordinate, author: &Author) -> String {
@@ -65,25 +69,25 @@ impl Conversations {
         .record_key()
     }
 
+    /// The record, if there is a readable one.
     pub async fn get(&self, key: &str) -> Result<Option<ConversationRecord>, WorkerError> {
-        let bytes = self.kv.get(key).await.map_err(WorkerError::infra)?;
-        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+        Ok(self.read(key).await?.record)
     }
 
-    /// The record and the revision it was read at (for [`Self::modify_seen`]).
+    /// The record and the revision it was read at (for [`Self::modify_seen`]); an unreadable
+    /// record reads as none, and is replaced by the next write.
     pub async fn read(&self, key: &str) -> Result<Seen, WorkerError> {
-        let entry = self.kv.entry(key).await.map_err(WorkerError::infra)?;
-        Ok(match entry {
-            Some(e) if e.operation == kv::Operation::Put => Seen {
-                record: serde_json::from_slice(&e.value).ok(),
-                revision: Some(e.revision),
-            },
-            Some(e) => Seen {
+        match kv::read::<ConversationRecord>(&self.kv, key).await {
+            Ok(found) => Ok(Seen {
+                revision: found.as_ref().map(|v| v.revision),
+                record: found.map(|v| v.value),
+            }),
+            Err(KvError::Decode { .. }) => Ok(Seen {
                 record: None,
-                revision: Some(e.revision),
-            },
-            None => Seen::default(),
-        })
+                revision: kv::revision(&self.kv, key).await?,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// [`Self::modify`] starting from a record already read: one write when nobody changed it
@@ -96,17 +100,9 @@ impl Conversations {
     ) -> Result<ConversationRecord, WorkerError> {
         let mut record = seen.record.unwrap_or_default();
         change(&mut record);
-        let bytes: bytes::Bytes = serde_json::to_vec(&record)
-            .expect("record serialises")
-            .into();
-        let written = match seen.revision {
-            Some(rev) => self.kv.update(key, bytes, rev).await.is_ok(),
-            None => self.kv.create(key, bytes).await.is_ok(),
-        };
-        if written {
-            Ok(record)
-        } else {
-            self.modify(key, change).await
+        match kv::write(&self.kv, key, &record, seen.revision).await {
+            Ok(_) => Ok(record),
+            Err(_) => self.modify(key, change).await,
         }
     }
 
@@ -114,33 +110,9 @@ impl Conversations {
     pub async fn modify(
         &self,
         key: &str,
-        mut change: impl FnMut(&mut ConversationRecord),
+        change: impl FnMut(&mut ConversationRecord),
     ) -> Result<ConversationRecord, WorkerError> {
-        for _ in 0..10 {
-            let entry = self.kv.entry(key).await.map_err(WorkerError::infra)?;
-            let (mut record, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice(&e.value).unwrap_or_default(),
-                    Some(e.revision),
-                ),
-                Some(e) => (ConversationRecord::default(), Some(e.revision)),
-                None => (ConversationRecord::default(), None),
-            };
-            change(&mut record);
-            let bytes: bytes::Bytes = serde_json::to_vec(&record)
-                .expect("record serialises")
-                .into();
-            let written = match revision {
-                Some(rev) => self.kv.update(key, bytes, rev).await.is_ok(),
-                None => self.kv.create(key, bytes).await.is_ok(),
-            };
-            if written {
-                return Ok(record);
-            }
-        }
-        Err(WorkerError::Infrastructure(format!(
-            "conversation record {key}: too many concurrent updates"
-        )))
+        Ok(kv::modify(&self.kv, key, 10, change).await?)
     }
 
     /// Deletes a closed record after `grace`, unless the conversation reopened meanwhile.
@@ -149,7 +121,10 @@ impl Conversations {
     pub fn remove_after(&self, key: String, closed_at_ms: i64, grace: Duration) {
         let this = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = this.stop.cancelled() => return,
+            }
             if let Ok(Some(record)) = this.get(&key).await {
                 if record.closed_at_ms == Some(closed_at_ms) {
                     let _ = this.kv.delete(&key).await;

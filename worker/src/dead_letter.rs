@@ -5,10 +5,11 @@
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::routing::{self, DEAD_LETTER_PREFIX};
+use shared::contract::route::replay_message_id;
+use shared::contract::{subject, Envelope};
 use shared::topology::DEAD_LETTER_STREAM;
 
-use crate::error::WorkerError;
+use crate::error::{Poison, WorkerError};
 use crate::telemetry;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,7 +76,7 @@ pub async fn publish(
     kind: &str,
     letter: &DeadLetter,
 ) -> Result<(), WorkerError> {
-    let subject = format!("{DEAD_LETTER_PREFIX}.{kind}");
+    let subject = subject::dead_letter(kind);
     let max_payload = js.client().server_info().max_payload;
     let limit = if max_payload == 0 {
         1024 * 1024
@@ -138,32 +139,31 @@ pub async fn replay(js: &jetstream::Context, sequences: &[u64]) -> Result<Vec<u6
         let message = stream
             .get_raw_message(sequence)
             .await
-            .map_err(|e| WorkerError::Infrastructure(format!("dead letter {sequence}: {e}")))?;
-        let letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(|e| {
-            WorkerError::Poison(format!("dead letter {sequence} is unreadable: {e}"))
-        })?;
+            .map_err(|e| WorkerError::infra(format!("dead letter {sequence}: {e}")))?;
+        let letter: DeadLetter = serde_json::from_slice(&message.payload)
+            .map_err(|source| Poison::UnreadableLetter { sequence, source })?;
         if letter.truncated {
-            return Err(WorkerError::Poison(format!(
-                "dead letter {sequence} holds a truncated event and cannot be replayed"
-            )));
+            return Err(Poison::TruncatedLetter { sequence }.into());
         }
         let payload = match &letter.event {
             Value::String(raw) => raw.clone().into_bytes(),
             event => serde_json::to_vec(event).expect("event serialises"),
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            routing::headers::MSG_ID,
-            format!("replay-{sequence}-{}", letter.event_id).as_str(),
-        );
-        headers.insert(routing::headers::EVENT_ID, letter.event_id.as_str());
-        let now = shared::auth::Clock::now_ms(&shared::auth::SystemClock);
-        headers.insert(routing::headers::RECEIVED_AT, now.to_string().as_str());
-        js.publish_with_headers(letter.subject.clone(), headers, payload.into())
-            .await
-            .map_err(WorkerError::infra)?
-            .await
-            .map_err(WorkerError::infra)?;
+        let envelope = Envelope {
+            message_id: Some(replay_message_id(sequence, &letter.event_id)),
+            event_id: Some(letter.event_id.clone()),
+            received_at_ms: Some(shared::auth::Clock::now_ms(&shared::auth::SystemClock)),
+            ..Envelope::default()
+        };
+        js.publish_with_headers(
+            letter.subject.clone(),
+            envelope.to_headers(),
+            payload.into(),
+        )
+        .await
+        .map_err(WorkerError::infra)?
+        .await
+        .map_err(WorkerError::infra)?;
         stream
             .delete_message(sequence)
             .await

@@ -25,7 +25,7 @@ use shared::upstream::{count_retry, UpstreamError};
 use shared::Secret;
 
 use crate::error::WorkerError;
-use crate::handler::{Envelope, Handlers, Settle};
+use crate::handler::{Delivered, Handlers, Settle};
 use crate::progress::{Progress, Tracked};
 use crate::reply::Step;
 use crate::telemetry;
@@ -226,7 +226,7 @@ impl Handlers {
     /// marks the event done ([`Self::finish`]) once nothing more is to come.
     pub async fn deliver(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         tracked: &mut Tracked,
         steps: &[Step],
         conversation_key: &str,
@@ -265,12 +265,12 @@ impl Handlers {
     }
 
     /// Marks the event done (a redelivery or a replay is then a no-op).
-    pub async fn finish(&self, env: &Envelope, tracked: &mut Tracked) -> Result<(), WorkerError> {
+    pub async fn finish(&self, env: &Delivered, tracked: &mut Tracked) -> Result<(), WorkerError> {
         tracked.progress.done = true;
         tracked.progress.in_flight = None;
         tracked.progress.poll = None;
         self.progress.save(&env.event_id, tracked).await?;
-        if let Some(received) = env.received_at_ms {
+        if let Some(received) = env.headers.received_at_ms {
             let seconds = (self.now_ms() - received).max(0) as f64 / 1000.0;
             metrics::histogram!(telemetry::END_TO_END_SECONDS).record(seconds);
         }
@@ -279,7 +279,7 @@ impl Handlers {
 
     async fn send_step(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         tracked: &mut Tracked,
         steps: &[Step],
         index: usize,
@@ -374,7 +374,7 @@ impl Handlers {
     /// flight, so a replay asks the request log again instead of sending.
     async fn fail_step(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         tracked: &mut Tracked,
         failure: StepFailure,
         unknown: bool,

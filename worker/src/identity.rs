@@ -10,7 +10,8 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use shared::routing::{hex, ConversationKey};
+use shared::contract::route::hex;
+use shared::contract::ConversationKey;
 use shared::Secret;
 
 /// Prefix of every derived id, so support staff can tell them from Khoros ids.

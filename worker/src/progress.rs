@@ -8,11 +8,11 @@
 //! no-op). Every write is a compare-and-set on the revision read: two processors of one event
 //! (a stalled owner and its successor) cannot both claim a step.
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use shared::contract::keys;
 use shared::kore::BotAnswer;
-use shared::routing::hex;
+use shared::kv::{self, KvError};
 
 use crate::error::WorkerError;
 
@@ -75,64 +75,33 @@ pub enum Claim {
 /// Reads and writes progress records.
 #[derive(Clone)]
 pub struct ProgressStore {
-    kv: kv::Store,
+    kv: Store,
 }
 
 impl ProgressStore {
-    pub fn new(kv: kv::Store) -> Self {
+    pub fn new(kv: Store) -> Self {
         Self { kv }
     }
 
-    /// KV keys allow a small alphabet; request ids are opaque, so they are hashed.
     fn key(event_id: &str) -> String {
-        hex(&Sha256::digest(event_id.as_bytes()))
+        keys::progress(event_id)
     }
 
     pub async fn load(&self, event_id: &str) -> Result<Tracked, WorkerError> {
-        let entry = self
-            .kv
-            .entry(Self::key(event_id))
-            .await
-            .map_err(WorkerError::infra)?;
-        Ok(match entry {
-            Some(e) if e.operation == kv::Operation::Put => Tracked {
-                progress: serde_json::from_slice(&e.value).unwrap_or_default(),
-                revision: Some(e.revision),
-            },
-            Some(e) => Tracked {
-                progress: Progress::default(),
-                revision: Some(e.revision),
-            },
-            None => Tracked::default(),
-        })
+        let (progress, revision) = kv::read_or_default(&self.kv, &Self::key(event_id)).await?;
+        Ok(Tracked { progress, revision })
     }
 
     /// Writes `tracked` if nobody wrote the record since it was read; else
     /// [`WorkerError::Superseded`] (the caller starts over from a fresh read).
     pub async fn save(&self, event_id: &str, tracked: &mut Tracked) -> Result<(), WorkerError> {
-        let bytes: bytes::Bytes = serde_json::to_vec(&tracked.progress)
-            .expect("progress serialises")
-            .into();
         let key = Self::key(event_id);
-        let written = match tracked.revision {
-            Some(revision) => {
-                self.kv
-                    .update(&key, bytes, revision)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        UpdateErrorKind::WrongLastRevision => WorkerError::Superseded,
-                        _ => WorkerError::infra(e),
-                    })
-            }
-            None => self
-                .kv
-                .create(&key, bytes)
-                .await
-                .map_err(|e| match e.kind() {
-                    CreateErrorKind::AlreadyExists => WorkerError::Superseded,
-                    _ => WorkerError::infra(e),
-                }),
-        }?;
+        let written = kv::write(&self.kv, &key, &tracked.progress, tracked.revision)
+            .await
+            .map_err(|e| match e {
+                KvError::Conflict { .. } => WorkerError::Superseded,
+                other => other.into(),
+            })?;
         tracked.revision = Some(written);
         Ok(())
     }
@@ -144,7 +113,7 @@ impl ProgressStore {
         digest: &str,
         event_id: &str,
     ) -> Result<Claim, WorkerError> {
-        let key = format!("sig.{digest}");
+        let key = keys::signature_claim(digest);
         match self.kv.create(&key, event_id.to_owned().into()).await {
             Ok(_) => Ok(Claim::ThisEvent),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {

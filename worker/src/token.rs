@@ -6,6 +6,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::Secret;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
 use crate::telemetry;
@@ -18,15 +19,21 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// Reads the token and starts watching it. Only the scheduler writes the record
+    /// Reads the token and watches it until `stop`. Only the scheduler writes the record
     /// (`docs/decisions.md`, "Tokens live in NATS KV"); until it does, there is no token.
-    pub async fn start(store: kv::Store) -> Result<Self, WorkerError> {
+    pub async fn start(store: kv::Store, stop: CancellationToken) -> Result<Self, WorkerError> {
         let source = Self {
             current: Arc::default(),
             store,
         };
         source.reload().await?;
-        source.spawn_watch();
+        let watch = source.clone().watch();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch => {}
+                () = stop.cancelled() => {}
+            }
+        });
         Ok(source)
     }
 
@@ -60,9 +67,9 @@ impl TokenSource {
         changed
     }
 
-    fn spawn_watch(&self) {
-        let this = self.clone();
-        tokio::spawn(async move {
+    async fn watch(self) {
+        let this = self;
+        {
             loop {
                 // A rotation may have happened while the watch was down.
                 if let Ok(true) = this.reload().await {
@@ -84,6 +91,6 @@ impl TokenSource {
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-        });
+        }
     }
 }

@@ -13,7 +13,8 @@ use kore_sim::config::{ChannelConfig, ConfigPatch, Mode};
 use kore_sim::script::Turn;
 use kore_sim::KoreSimConfig;
 use serde_json::{json, Value};
-use shared::routing::{headers, ConversationKey, EVENTS_PREFIX};
+use shared::contract::subject::EVENTS_PREFIX;
+use shared::contract::{headers, ConversationKey};
 use shared::topology::{DEAD_LETTER_STREAM, EVENTS_STREAM};
 use testkit::wait;
 
@@ -750,7 +751,7 @@ async fn async_delivery_without_a_turn_is_refused() {
         .get_key_value(shared::topology::buckets::CONVERSATIONS)
         .await
         .expect("conversations bucket");
-    let key = shared::kore::turn_key(&user).expect("turn key");
+    let key = shared::contract::keys::turn(&user).expect("turn key");
     wait::until(WAIT, "the turn to end at its deadline", || async {
         kv.get(&key).await.ok()?.is_none().then_some(())
     })

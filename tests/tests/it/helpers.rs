@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use shared::config::Env;
+use shared::service::Listeners;
 use shared::Secret;
 use testkit::nats_server::NatsServer;
 use testkit::sign::{Credentials, Signer};
@@ -36,7 +37,7 @@ pub struct TestIngress {
     pub signer: Signer,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestIngress {
@@ -61,9 +62,15 @@ impl TestIngress {
         let path = config.events_path.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app = ingress::App::build_with(config, listener, Some(metrics))
-            .await
-            .expect("build ingress");
+        let app = ingress::App::build_with(
+            config,
+            Listeners {
+                main: listener,
+                metrics: Some(metrics),
+            },
+        )
+        .await
+        .expect("build ingress");
         let base = format!("http://127.0.0.1:{}", app.port());
         let ops = format!("http://{}", app.metrics_addr().expect("metrics listener"));
         let shutdown = CancellationToken::new();
@@ -147,9 +154,9 @@ pub async fn jetstream(nats: &NatsServer) -> jetstream::Context {
 }
 
 /// Marks a bot turn outstanding for Kore user `user`, as the worker does in async mode, so the
-/// ingress accepts Kore.ai deliveries for it (key: `shared::kore::turn_key`).
+/// ingress accepts Kore.ai deliveries for it (key: `shared::contract::keys::turn`).
 pub async fn mark_turn(nats: &NatsServer, user: &str) {
-    let key = shared::kore::turn_key(user).expect("a valid Kore user id");
+    let key = shared::contract::keys::turn(user).expect("a valid Kore user id");
     jetstream(nats)
         .await
         .get_key_value(shared::topology::buckets::CONVERSATIONS)
@@ -178,7 +185,7 @@ pub fn message_event(author: &str, text: &str) -> String {
 pub struct TestWorker {
     pub base: String,
     shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// The worker settings every test shares; `extra` overrides.
@@ -198,7 +205,7 @@ pub const KORE_USER_ID_KEY: &str = "test-kore-user-id-key";
 /// page (`brandmessenger`, `bm-web-01`).
 pub fn kore_user(author_id: &str) -> String {
     worker::identity::KoreIdentity::new(shared::Secret::new(KORE_USER_ID_KEY)).user_id(
-        &shared::routing::ConversationKey {
+        &shared::contract::ConversationKey {
             network: "brandmessenger",
             external_id: "bm-web-01",
             author_id,
@@ -259,9 +266,15 @@ impl TestWorker {
             .await
             .expect("seed the token record");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app = worker::App::build_with(config, listener, None)
-            .await
-            .expect("build worker");
+        let app = worker::App::build_with(
+            config,
+            Listeners {
+                main: listener,
+                metrics: None,
+            },
+        )
+        .await
+        .expect("build worker");
         let base = format!("http://{}", app.local_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));

@@ -6,7 +6,7 @@ use async_nats::jetstream::message::StreamMessage;
 use http::HeaderMap;
 use serde_json::json;
 use shared::auth::{Clock, SystemClock};
-use shared::routing::{headers, ConversationKey};
+use shared::contract::{headers, ConversationKey};
 use shared::topology::EVENTS_STREAM;
 use testkit::nats_server::NatsServer;
 use testkit::wait;
@@ -549,7 +549,9 @@ async fn kore_delivery_needs_an_outstanding_turn() {
     assert_eq!(stored[0].payload.as_ref(), body.as_bytes());
     assert_eq!(
         header(&stored[0], headers::MSG_ID),
-        Some(shared::routing::kore_delivery_message_id(body.as_bytes()))
+        Some(shared::contract::route::kore_delivery_message_id(
+            body.as_bytes()
+        ))
     );
     let partition = ConversationKey {
         network: "kore",

@@ -11,7 +11,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv::Store};
 use khoros_sim::{Fault, KhorosSim, KhorosSimConfig, SettingsPatch, TokenState};
 use scheduler::commands::{self, CommandError};
-use scheduler::kv::{self, Versioned};
 use scheduler::lease::{LeaseRecord, LEASE_KEY};
 use scheduler::rotation::{AttemptStatus, RotationState, STATE_KEY};
 use scheduler::schedule::Reason;
@@ -19,6 +18,8 @@ use scheduler::service::Status;
 use scheduler::SchedulerConfig;
 use shared::auth::{Clock, ManualClock};
 use shared::config::Env;
+use shared::kv::{self, Versioned};
+use shared::service::Listeners;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::topology::{buckets, Topology, TopologyConfig, DEAD_LETTER_STREAM, EVENTS_STREAM};
 use testkit::nats_server::NatsServer;
@@ -202,9 +203,15 @@ impl TestScheduler {
     async fn start(config: SchedulerConfig) -> Self {
         let id = config.scheduler_id.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app = scheduler::App::build_with(config, listener, None)
-            .await
-            .expect("build scheduler");
+        let app = scheduler::App::build_with(
+            config,
+            Listeners {
+                main: listener,
+                metrics: None,
+            },
+        )
+        .await
+        .expect("build scheduler");
         let base = format!("http://127.0.0.1:{}", app.port());
         let status = app.status();
         let shutdown = CancellationToken::new();

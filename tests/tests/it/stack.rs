@@ -6,6 +6,7 @@ use std::time::Duration;
 use khoros_sim::{KhorosSim, KhorosSimConfig};
 use kore_sim::{KoreSim, KoreSimConfig};
 use shared::config::Env;
+use shared::service::Listeners;
 use shared::Secret;
 use testkit::nats_server::NatsServer;
 use testkit::sign::Credentials;
@@ -51,9 +52,15 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let app = scheduler::App::build_with(config.clone(), listener, None)
-            .await
-            .expect("build scheduler");
+        let app = scheduler::App::build_with(
+            config.clone(),
+            Listeners {
+                main: listener,
+                metrics: None,
+            },
+        )
+        .await
+        .expect("build scheduler");
         let base = format!("http://{}", app.local_addr());
         let status = app.status();
         let shutdown = tokio_util::sync::CancellationToken::new();

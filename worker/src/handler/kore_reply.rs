@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use shared::kore::{delivery_recipient, BotAnswer};
 
-use super::{Envelope, Handlers, Settle};
+use super::{Delivered, Handlers, Settle};
 use crate::error::WorkerError;
 use crate::reply;
 use crate::telemetry;
@@ -18,9 +18,9 @@ use crate::turns::DeadlineMarker;
 
 pub async fn handle(
     h: &Arc<Handlers>,
-    env: &Envelope,
+    env: &Delivered,
 ) -> Result<(Settle, &'static str), WorkerError> {
-    if env.turn_deadline_ms.is_some() {
+    if env.headers.turn_deadline_ms.is_some() {
         return deadline(h, env).await;
     }
     let Some(value) = h.parse_or_dead_letter::<Value>(env, "JSON").await? else {
@@ -97,7 +97,7 @@ pub async fn handle(
 /// A turn's deadline fell due: hand off if Kore.ai never answered, then end the turn.
 async fn deadline(
     h: &Arc<Handlers>,
-    env: &Envelope,
+    env: &Delivered,
 ) -> Result<(Settle, &'static str), WorkerError> {
     let Some(marker) = h
         .parse_or_dead_letter::<DeadlineMarker>(env, "a turn deadline marker")

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use shared::contract::ConversationKey;
 use shared::event::MessageEvent;
 use shared::kore::{Polled, SyncAnswer, UserTurn};
-use shared::routing::ConversationKey;
 use shared::upstream::{count_retry, UpstreamError};
 
-use super::{Envelope, Handlers, Settle};
+use super::{Delivered, Handlers, Settle};
 use crate::conversation::ConversationRecord;
 use crate::error::WorkerError;
 use crate::progress::{PollState, Progress};
@@ -42,7 +42,7 @@ fn skip_reason(
 
 pub async fn handle(
     h: &Arc<Handlers>,
-    env: &Envelope,
+    env: &Delivered,
 ) -> Result<(Settle, &'static str), WorkerError> {
     let Some(event) = h
         .parse_or_dead_letter::<MessageEvent>(env, "a message event")
@@ -56,7 +56,7 @@ pub async fn handle(
         author_id: &event.author.id,
     };
     let key = conversation.record_key();
-    let received_at = env.received_at_ms.unwrap_or_else(|| h.now_ms());
+    let received_at = env.headers.received_at_ms.unwrap_or_else(|| h.now_ms());
     let seen = h.conversations.read(&key).await?;
     if let Some(reason) = skip_reason(&event, seen.record.as_ref(), &h.config.app_id, received_at) {
         metrics::counter!(telemetry::SKIPPED, "reason" => reason).increment(1);
@@ -184,7 +184,7 @@ fn count_handoff(progress: &Progress, reason: &'static str) {
 /// (`KORE_POLL_TIMEOUT` from the turn's start) is spent; records the result.
 async fn poll_more(
     h: &Handlers,
-    env: &Envelope,
+    env: &Delivered,
     tracked: &mut crate::progress::Tracked,
     kore_user: &str,
 ) -> Result<(), WorkerError> {
@@ -254,7 +254,7 @@ enum Asked {
 
 async fn ask_bot(
     h: &Handlers,
-    env: &Envelope,
+    env: &Delivered,
     event: &MessageEvent,
     record: &ConversationRecord,
     key: &str,

@@ -14,7 +14,7 @@ use shared::auth::{Clock, SystemClock};
 use shared::kore::KoreClient;
 
 use crate::breaker::Breaker;
-use crate::config::{EventKind, WorkerConfig};
+use crate::config::WorkerConfig;
 use crate::conversation::Conversations;
 use crate::dead_letter::{self, DeadLetter};
 use crate::delivery::Delivery;
@@ -23,10 +23,11 @@ use crate::identity::KoreIdentity;
 use crate::progress::{Claim, ProgressStore, Tracked};
 use crate::reply::{PlanContext, Step};
 use crate::turns::Turns;
+use shared::contract::{Envelope, EventKind};
 
-/// One delivery, with what the ingress put in its headers.
+/// One delivered event: where JetStream holds it, and what its writer put in its headers.
 #[derive(Debug, Clone)]
-pub struct Envelope {
+pub struct Delivered {
     pub kind: EventKind,
     pub subject: String,
     pub stream_sequence: u64,
@@ -34,14 +35,10 @@ pub struct Envelope {
     /// The event's id: `Bridge-Event-Id` of a replayed dead letter, else the dedup id
     /// (`Nats-Msg-Id`), else `<type>-seq-<n>`. Progress is keyed by it.
     pub event_id: String,
-    pub request_id: Option<String>,
-    /// Digest of the request's HMAC signature (the ingress sets it), to drop replays.
-    pub signature_digest: Option<String>,
-    pub received_at_ms: Option<i64>,
+    /// The headers: request id, signature digest, receive time, turn deadline.
+    pub headers: Envelope,
     /// When JetStream stored it, epoch ms.
     pub stored_at_ms: i64,
-    /// Set on a worker's own turn-deadline marker (`crate::turns`).
-    pub turn_deadline_ms: Option<i64>,
     pub payload: Bytes,
 }
 
@@ -71,11 +68,11 @@ impl Handlers {
     /// Handles one delivery; `outcome` labels `worker_events_total`.
     pub async fn handle(
         self: &Arc<Self>,
-        env: &Envelope,
+        env: &Delivered,
     ) -> Result<(Settle, &'static str), WorkerError> {
         if self.config.max_deliver > 1
             && env.delivered >= self.config.max_deliver
-            && env.turn_deadline_ms.is_none()
+            && env.headers.turn_deadline_ms.is_none()
         {
             // The last allowed delivery: every earlier one crashed or timed out. JetStream would
             // silently stop redelivering after this one, so park the event where people look.
@@ -90,7 +87,7 @@ impl Handlers {
             .await?;
             return Ok((Settle::Term, "dead_lettered"));
         }
-        if let Some(digest) = &env.signature_digest {
+        if let Some(digest) = &env.headers.signature_digest {
             if self.progress.claim_signature(digest, &env.event_id).await? == Claim::OtherEvent {
                 // The same signed request came before under another request id: a replay
                 // (the request id is not covered by the signature). It must not act twice.
@@ -113,7 +110,7 @@ impl Handlers {
     /// and `None` comes back, so the caller terminates it.
     pub async fn parse_or_dead_letter<T: serde::de::DeserializeOwned>(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         what: &str,
     ) -> Result<Option<T>, WorkerError> {
         match serde_json::from_slice(&env.payload) {
@@ -130,7 +127,7 @@ impl Handlers {
     /// Publishes a dead letter for this delivery.
     pub async fn dead_letter(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         step: &str,
         status: &str,
         error: &str,
@@ -174,7 +171,7 @@ impl Handlers {
     /// [`Self::deliver`] of a reply, then remembers that the bot replied (and tagged).
     pub async fn deliver_reply(
         &self,
-        env: &Envelope,
+        env: &Delivered,
         tracked: &mut Tracked,
         steps: &[Step],
         conversation_key: &str,

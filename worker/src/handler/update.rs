@@ -5,19 +5,19 @@ use std::sync::Arc;
 
 use shared::event::{Event, Operation, Owner};
 
-use super::{Envelope, Handlers, Settle};
+use super::{Delivered, Handlers, Settle};
 use crate::conversation::Conversations;
 use crate::error::WorkerError;
 use crate::telemetry;
 
 pub async fn handle(
     h: &Arc<Handlers>,
-    env: &Envelope,
+    env: &Delivered,
 ) -> Result<(Settle, &'static str), WorkerError> {
     let Some(event) = h.parse_or_dead_letter::<Event>(env, "an event").await? else {
         return Ok((Settle::Term, "dead_lettered"));
     };
-    let now = env.received_at_ms.unwrap_or_else(|| h.now_ms());
+    let now = env.headers.received_at_ms.unwrap_or_else(|| h.now_ms());
     let app_id = h.config.app_id.clone();
     let label: String = match &event {
         Event::Update(update) => {

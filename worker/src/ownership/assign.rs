@@ -4,7 +4,7 @@
 //! replica, which sets a backlog's drain time, has no more than its share), and a member
 //! joining or leaving moves few partitions beyond those it wins or held.
 
-use crate::config::EventKind;
+use shared::contract::EventKind;
 
 /// One (event type, partition) consumer: the unit of ownership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

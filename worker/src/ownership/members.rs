@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::EventKind;
+use shared::contract::EventKind;
 
 /// What a member announces.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

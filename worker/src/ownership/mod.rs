@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::assign::Slot;
 use self::members::{Announcement, Members};
-use crate::config::EventKind;
 use crate::telemetry;
+use shared::contract::EventKind;
 
 /// Heartbeats between two full reads of the partition table (about 5 minutes by default: a
 /// read is hundreds of KV gets, a burst the rest of the traffic would feel).

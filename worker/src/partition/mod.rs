@@ -17,38 +17,20 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use shared::routing::{headers, RouteFields, EVENTS_PREFIX, KORE_REPLIES_PREFIX};
-use shared::topology::{EVENTS_STREAM, KORE_REPLIES_STREAM};
+use shared::contract::route::DEADLINE_ID_PREFIX;
+use shared::contract::{subject, Envelope, RouteFields};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::lanes::Lanes;
 use self::stuck::{HeldId, Stuck};
-use crate::config::EventKind;
 use crate::error::WorkerError;
-use crate::handler::{Envelope, Handlers, Settle};
+use crate::handler::{Delivered, Handlers, Settle};
 use crate::ownership::assign::Slot;
 use crate::ownership::Running;
 use crate::telemetry;
-
-/// `worker-<type>-<partition>`: one durable consumer per partition, pulled by its owner only.
-pub fn consumer_name(kind: EventKind, partition: u32) -> String {
-    format!("worker-{}-{partition}", kind.as_str())
-}
-
-fn stream_and_subject(kind: EventKind, partition: u32) -> (&'static str, String) {
-    match kind {
-        EventKind::KoreReply => (
-            KORE_REPLIES_STREAM,
-            format!("{KORE_REPLIES_PREFIX}.{partition}"),
-        ),
-        other => (
-            EVENTS_STREAM,
-            format!("{EVENTS_PREFIX}.{}.{partition}", other.as_str()),
-        ),
-    }
-}
+use shared::contract::EventKind;
 
 /// What every runner of the replica shares.
 pub struct PartitionContext {
@@ -64,7 +46,7 @@ pub struct PartitionContext {
 /// One event pulled and not yet settled.
 struct Held {
     message: jetstream::Message,
-    env: Envelope,
+    env: Delivered,
     lane: String,
     id: HeldId,
 }
@@ -86,10 +68,9 @@ pub fn start(ctx: Arc<PartitionContext>, slot: Slot) -> Running {
 
 fn consumer_config(ctx: &PartitionContext, slot: Slot) -> pull::Config {
     let config = &ctx.handlers.config;
-    let (_, subject) = stream_and_subject(slot.kind, slot.partition);
     pull::Config {
-        durable_name: Some(consumer_name(slot.kind, slot.partition)),
-        filter_subject: subject,
+        durable_name: Some(slot.kind.consumer_name(slot.partition)),
+        filter_subject: subject::partition(slot.kind, slot.partition),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait: config.ack_wait,
@@ -104,9 +85,8 @@ async fn partition_stream(
     ctx: &PartitionContext,
     slot: Slot,
 ) -> Result<jetstream::stream::Stream<()>, WorkerError> {
-    let (stream_name, _) = stream_and_subject(slot.kind, slot.partition);
     ctx.js
-        .get_stream_no_info(stream_name)
+        .get_stream_no_info(slot.kind.stream())
         .await
         .map_err(WorkerError::infra)
 }
@@ -119,7 +99,7 @@ async fn recreate_consumer(
     slot: Slot,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
     let stream = partition_stream(ctx, slot).await?;
-    let name = consumer_name(slot.kind, slot.partition);
+    let name = slot.kind.consumer_name(slot.partition);
     let _ = stream.delete_consumer(&name).await;
     stream
         .create_consumer(consumer_config(ctx, slot))
@@ -138,14 +118,12 @@ async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, Worker
         .await
         .map_err(WorkerError::infra)?;
     if owner.as_deref() != Some(ctx.member_id.as_bytes()) {
-        return Err(WorkerError::Infrastructure(
-            "the partition's owner record no longer names this replica".into(),
-        ));
+        return Err(WorkerError::NotOwner);
     }
     let stream = partition_stream(ctx, slot).await?;
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
-            &consumer_name(slot.kind, slot.partition),
+            &slot.kind.consumer_name(slot.partition),
             consumer_config(ctx, slot),
         )
         .await
@@ -299,8 +277,8 @@ async fn admit(
     kind: EventKind,
     message: jetstream::Message,
 ) -> Option<Held> {
-    let env = envelope(kind, &message);
-    if let Some(due) = env.turn_deadline_ms {
+    let env = delivered(kind, &message);
+    if let Some(due) = env.headers.turn_deadline_ms {
         let wait = due - ctx.handlers.now_ms();
         if wait > 0 {
             let _ = message
@@ -323,7 +301,7 @@ async fn admit(
 /// The conversation an event belongs to: the conversation key of Khoros events, the Kore
 /// user of Kore.ai deliveries. An event that does not parse gets a lane of its own (it will
 /// be dead-lettered) so it blocks nobody.
-fn lane_key(kind: EventKind, env: &Envelope) -> String {
+fn lane_key(kind: EventKind, env: &Delivered) -> String {
     let own_lane = || format!("unparsed-{}", env.stream_sequence);
     match kind {
         EventKind::KoreReply => {
@@ -346,7 +324,7 @@ async fn give_back(ctx: &PartitionContext, held: Held) {
     ctx.stuck.release(held.id);
 }
 
-fn envelope(kind: EventKind, message: &jetstream::Message) -> Envelope {
+fn delivered(kind: EventKind, message: &jetstream::Message) -> Delivered {
     let info = message.info().ok();
     let sequence = info.as_ref().map(|i| i.stream_sequence).unwrap_or(0);
     let delivered = info.as_ref().map(|i| i.delivered).unwrap_or(1);
@@ -354,36 +332,27 @@ fn envelope(kind: EventKind, message: &jetstream::Message) -> Envelope {
         .as_ref()
         .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64)
         .unwrap_or_default();
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
+    let headers = Envelope::from_headers(message.headers.as_ref());
     // A replayed dead letter carries its original id: progress resumes where it stopped.
     // Kore.ai deliveries are deduplicated on a hash of their body for the stream's window only;
     // the same text legitimately sent again later is a new delivery, so the sequence is part
     // of their id.
-    let event_id = match (header(headers::EVENT_ID), header(headers::MSG_ID)) {
-        (Some(original), _) => original,
-        (None, Some(id)) if kind == EventKind::KoreReply && !id.starts_with("deadline-") => {
+    let event_id = match (&headers.event_id, &headers.message_id) {
+        (Some(original), _) => original.clone(),
+        (None, Some(id)) if kind == EventKind::KoreReply && !id.starts_with(DEADLINE_ID_PREFIX) => {
             format!("{id}@{sequence}")
         }
-        (None, Some(id)) => id,
+        (None, Some(id)) => id.clone(),
         (None, None) => format!("{}-seq-{sequence}", kind.as_str()),
     };
-    Envelope {
+    Delivered {
         kind,
         subject: message.subject.to_string(),
         stream_sequence: sequence,
         delivered,
         event_id,
-        request_id: header(headers::REQUEST_ID),
-        signature_digest: header(headers::SIGNATURE_DIGEST),
-        received_at_ms: header(headers::RECEIVED_AT).and_then(|v| v.parse().ok()),
+        headers,
         stored_at_ms,
-        turn_deadline_ms: header(headers::TURN_DEADLINE).and_then(|v| v.parse().ok()),
         payload: message.payload.clone(),
     }
 }
@@ -398,7 +367,7 @@ fn spawn_handling(
     let ctx = ctx.clone();
     let span = tracing::info_span!(
         "event",
-        request_id = %held.env.request_id.as_deref().unwrap_or(&held.env.event_id),
+        request_id = %held.env.headers.request_id.as_deref().unwrap_or(&held.env.event_id),
         subject = %held.env.subject,
         seq = held.env.stream_sequence,
         delivered = held.env.delivered,

@@ -1,40 +1,15 @@
-//! Subjects, partitions and headers: the contract between the ingress and the workers.
+//! Routing: the conversation an event belongs to, its partition, and the ids that
+//! deduplicate what is stored.
 //!
-//! Events are stored on `khoros.events.<type>.<partition>`. The partition is a stable hash of
-//! the conversation key, so one customer's messages always land on the same subject and are
-//! handled in order, whatever the number of worker replicas.
+//! The partition is a stable hash of the conversation key, so one customer's messages always
+//! land on the same subject and are handled in order, whatever the number of worker replicas.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Prefix of every event subject.
-pub const EVENTS_PREFIX: &str = "khoros.events";
-/// Prefix of Kore.ai asynchronous deliveries.
-pub const KORE_REPLIES_PREFIX: &str = "kore.replies";
-/// Prefix of dead letters.
-pub const DEAD_LETTER_PREFIX: &str = "bridge.dlq";
-
-/// Header names set by the ingress on every stored event.
-pub mod headers {
-    /// JetStream's dedup id: `x-amzn-RequestId`, or one derived from the body.
-    pub const MSG_ID: &str = "Nats-Msg-Id";
-    /// The Khoros request id as received (absent when Khoros sent none).
-    pub const REQUEST_ID: &str = "Bridge-Request-Id";
-    /// When the ingress received the request, epoch milliseconds.
-    pub const RECEIVED_AT: &str = "Bridge-Received-At";
-    /// The original event id of a replayed dead letter (its `Nats-Msg-Id` must differ).
-    pub const EVENT_ID: &str = "Bridge-Event-Id";
-    /// Hex SHA-256 of the request's HMAC signature (absent for Basic): a signed request
-    /// replayed under a new request id carries the same digest, and the worker drops it.
-    pub const SIGNATURE_DIGEST: &str = "Bridge-Signature-Digest";
-    /// On a worker's own turn-deadline marker in `kore.replies.<partition>`: when the Kore.ai
-    /// turn it guards expires, epoch milliseconds.
-    pub const TURN_DEADLINE: &str = "Bridge-Turn-Deadline";
-}
-
-/// The value of [`headers::SIGNATURE_DIGEST`] for a decoded signature.
+/// The value of [`super::headers::SIGNATURE_DIGEST`] for a decoded signature.
 pub fn signature_digest(signature: &[u8]) -> String {
     hex(&Sha256::digest(signature))
 }
@@ -43,8 +18,9 @@ pub fn signature_digest(signature: &[u8]) -> String {
 /// borrowed from the body where they carry no escapes (the ingress parses every event).
 #[derive(Debug, Deserialize)]
 pub struct RouteFields<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
+    /// The event `type`; `None` when the body has none.
+    #[serde(rename = "type", default, borrow)]
+    pub kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub operation: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -117,29 +93,6 @@ impl ConversationKey<'_> {
     }
 }
 
-/// A subject token for an event type: lower-case `[a-z0-9_-]`, at most 32 bytes.
-/// Unknown types are stored too; odd characters must not break the subject.
-pub fn type_token(kind: &str) -> String {
-    let token: String = kind
-        .chars()
-        .take(32)
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '_',
-        })
-        .collect();
-    if token.is_empty() {
-        "_".into()
-    } else {
-        token
-    }
-}
-
-/// `khoros.events.<type>.<partition>`.
-pub fn event_subject(kind: &str, partition: u32) -> String {
-    format!("{EVENTS_PREFIX}.{}.{partition}", type_token(kind))
-}
-
 /// Dedup id for a request that came without `x-amzn-RequestId`: identical bodies collapse.
 pub fn body_message_id(body: &[u8]) -> String {
     format!("body-{}", hex(&Sha256::digest(body)))
@@ -149,6 +102,30 @@ pub fn body_message_id(body: &[u8]) -> String {
 /// posted twice within the duplicate window is stored once.
 pub fn kore_delivery_message_id(body: &[u8]) -> String {
     format!("kore-{}", hex(&Sha256::digest(body)))
+}
+
+/// Dedup id of the worker's turn-deadline marker for an event (one marker per event, however
+/// often the turn is opened).
+pub fn deadline_message_id(event_id: &str) -> String {
+    format!("{DEADLINE_ID_PREFIX}{event_id}")
+}
+
+/// What every turn-deadline marker's dedup id starts with.
+pub const DEADLINE_ID_PREFIX: &str = "deadline-";
+
+/// Dedup id of a dead letter replayed from `sequence`: it must differ from the original's,
+/// which the stream may still remember.
+pub fn replay_message_id(sequence: u64, event_id: &str) -> String {
+    format!("replay-{sequence}-{event_id}")
+}
+
+/// The conversation key of a Kore.ai user, whose deliveries are partitioned like events.
+pub fn kore_user_key(user: &str) -> ConversationKey<'_> {
+    ConversationKey {
+        network: "kore",
+        external_id: "",
+        author_id: user,
+    }
 }
 
 /// Lower-case hex of some bytes (table lookup: it sits on the ingress' hot path).
@@ -203,13 +180,6 @@ mod tests {
     }
 
     #[test]
-    fn type_tokens_are_subject_safe() {
-        assert_eq!(event_subject("message", 3), "khoros.events.message.3");
-        assert_eq!(type_token("Weird.Type *>"), "weird_type___");
-        assert_eq!(type_token(""), "_");
-    }
-
-    #[test]
     fn route_fields_read_only_what_they_need() {
         let body = br#"{"type":"message","coordinate":{"networkKey":"n","externalId":"e"},"author":{"id":"a"},"x":{"deep":[1]}}"#;
         let f: RouteFields = serde_json::from_slice(body).unwrap();
@@ -221,7 +191,8 @@ mod tests {
                 author_id: "a"
             }
         );
-        assert!(serde_json::from_slice::<RouteFields>(br#"{"text":"no type"}"#).is_err());
+        let untyped: RouteFields = serde_json::from_slice(br#"{"text":"no type"}"#).unwrap();
+        assert_eq!(untyped.kind, None);
         assert_eq!(body_message_id(b"x"), body_message_id(b"x"));
         assert_ne!(body_message_id(b"x"), body_message_id(b"y"));
         assert_eq!(hex(&[0x00, 0x9f, 0xff]), "009fff");
