@@ -291,6 +291,9 @@ step "promtool check rules $RULES"
 promtool check rules "$RULES"
 step "promtool test rules $RULE_TESTS"
 promtool test rules "$RULE_TESTS"
+step "every alert: a runbook in $OPERATIONS and a test that makes it fire"
+"$PY" deploy/check_manifests.py alerts "$RULES" "$RULE_TESTS" "$OPERATIONS" \
+  || fail "an alert lacks a runbook section or a firing test"
 
 # --- dashboard --------------------------------------------------------------------------------------
 
@@ -359,6 +362,43 @@ with open(rules_out, "w") as f:
 print(f"  {len(panels)} panels in {len(rows)} rows, {len(variables)} variables, {len(exprs)} queries")
 PY
 promtool check rules "$WORK/dashboard-rules.yaml"
+
+step "every exported metric is on a panel or in an alert"
+"$PY" deploy/check_manifests.py metrics "$DASHBOARD" "$RULES" ingress worker scheduler shared \
+  || fail "add a panel (or an alert) for these metrics, or stop exporting them"
+
+# --- image ------------------------------------------------------------------------------------
+
+step "deploy/Dockerfile: base images pinned by digest, lean build context"
+"$PY" - deploy/Dockerfile deploy/Dockerfile.dockerignore <<'PY'
+import re, sys
+text, ignore = open(sys.argv[1]).read(), open(sys.argv[2]).read().split("\n")
+args = dict(re.findall(r"^ARG (\w+)=(\S*)", text, re.M))
+stages = set(re.findall(r"^FROM \S+ AS (\w+)", text, re.M))
+problems, notes = [], []
+for image in re.findall(r"^FROM (\S+)", text, re.M):
+    if image in stages:
+        continue
+    m = re.fullmatch(r"(.+)@(?:\$\{(\w+)\}|(sha256:[0-9a-f]{64}))", image)
+    if not m:
+        problems.append(f"FROM {image}: not pinned by digest (image@sha256:... or image@${{ARG}})")
+        continue
+    if m.group(2):
+        digest = args.get(m.group(2))
+        if digest is None:
+            problems.append(f"FROM {image}: ARG {m.group(2)} is not declared with a default")
+        elif digest == "":
+            notes.append(f"{m.group(2)} is empty: the build refuses until it is given")
+        elif not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            problems.append(f"ARG {m.group(2)}={digest}: not sha256:<64 hex>")
+for needed in ["*", "!Cargo.toml", "!Cargo.lock", "!README.md", "!**/Cargo.toml", "!**/src/"]:
+    if needed not in ignore:
+        problems.append(f"{sys.argv[2]}: missing the allowlist line {needed!r}")
+if problems:
+    sys.exit("\n".join(problems))
+print("  every external FROM is image@digest" + ("".join(f"\n  note: {n}" for n in notes)))
+print("  build context: an allowlist (workspace manifests, Cargo.lock, src/, README.md)")
+PY
 
 step "negative tests: broken values files must fail (deploy/check-negative.sh)"
 bash deploy/check-negative.sh

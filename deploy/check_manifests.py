@@ -22,6 +22,15 @@ kubernetes-validate venv). Each subcommand prints what it checked and exits 1 on
   lock CHART_DIR
       Chart.lock pins exactly the dependencies of Chart.yaml, with the digest helm computes
       (so `helm dependency build` accepts it), and charts/ holds each locked version.
+
+  alerts RULES.yaml TESTS.yaml OPERATIONS.md
+      Every alert has a runbook_url pointing at a section of OPERATIONS.md that exists, and a
+      promtool test case in which it fires (non-empty exp_alerts).
+
+  metrics DASHBOARD.json RULES.yaml SOURCE_DIR...
+      Every metric the code registers (metrics::counter!/gauge!/histogram! on a named
+      constant) is on a dashboard panel or in an alert: an exported metric nobody looks at is
+      either missing from the dashboard or should not be exported.
 """
 
 import copy
@@ -208,6 +217,70 @@ def lock(chart_dir):
           ", ".join(f"{d['name']} {d['version']}" for d in locked["dependencies"]))
 
 
+def anchor(heading):
+    """GitHub's anchor of a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def alerts(rules_file, tests_file, operations):
+    rules = yaml.safe_load(open(rules_file))
+    tests = yaml.safe_load(open(tests_file))
+    doc = os.path.basename(operations)
+    anchors = {anchor(l.lstrip("#")) for l in open(operations) if l.startswith("#")}
+    fired = set()
+    for case in tests.get("tests", []):
+        for t in case.get("alert_rule_test", []):
+            if t.get("exp_alerts"):
+                fired.add(t["alertname"])
+    problems, names = [], []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert")
+            if not name:
+                continue
+            names.append(name)
+            url = (rule.get("annotations") or {}).get("runbook_url", "")
+            m = re.fullmatch(rf".*/{re.escape(doc)}#([\w-]+)", url)
+            if not m:
+                problems.append(f"{name}: runbook_url {url!r} is not a link to {doc}#<section>")
+            elif m.group(1) not in anchors:
+                problems.append(f"{name}: runbook_url anchor #{m.group(1)} is no heading of {operations}")
+            if name not in fired:
+                problems.append(f"{name}: no test in {tests_file} makes it fire")
+    fail(problems, "alerts without a runbook or a firing test")
+    print(f"  {len(names)} alerts: each has a runbook section in {operations} and a firing test")
+
+
+METRIC_CALL = re.compile(r"metrics::(?:counter|gauge|histogram)!\(\s*(?:[\w:]+::)?([A-Z][A-Z0-9_]*)\b")
+METRIC_CONST = re.compile(r'pub const ([A-Z][A-Z0-9_]*): &str = "([a-z_:][a-z0-9_:]*)";')
+
+
+def metrics(dashboard, rules_file, source_dirs):
+    used_consts, consts = set(), {}
+    for top in source_dirs:
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in ("target", "tests")]
+            for f in files:
+                if f.endswith(".rs"):
+                    text = open(os.path.join(root, f)).read()
+                    used_consts.update(METRIC_CALL.findall(text))
+                    for const, value in METRIC_CONST.findall(text):
+                        consts.setdefault(const, set()).add(value)
+    exported = sorted({v for c in used_consts for v in consts.get(c, ())})
+    if len(exported) < 20:
+        sys.exit(f"found only {len(exported)} exported metrics in {source_dirs}: the scan is broken")
+    board, rules = open(dashboard).read(), open(rules_file).read()
+    exprs = " ".join(re.findall(r'"expr": "((?:[^"\\]|\\.)*)"', board)
+                     + re.findall(r'"query": "(label_values[^"]*)"', board))
+    rule_exprs = " ".join(str(r.get("expr", "")) for g in yaml.safe_load(rules)["groups"]
+                          for r in g["rules"])
+    unused = [m for m in exported if not re.search(rf"\b{m}(_bucket|_sum|_count)?\b", exprs + " " + rule_exprs)]
+    fail([f"{m}: exported, but on no dashboard panel and in no alert" for m in unused],
+         "exported metrics nobody looks at")
+    print(f"  {len(exported)} exported metrics, each on a panel or in an alert")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "crds":
@@ -218,5 +291,9 @@ if __name__ == "__main__":
         nats_image(*args)
     elif command == "lock":
         lock(args[0])
+    elif command == "alerts":
+        alerts(*args)
+    elif command == "metrics":
+        metrics(args[0], args[1], args[2:])
     else:
         sys.exit(f"unknown command {command}")
