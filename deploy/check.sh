@@ -213,6 +213,26 @@ for set in "${VALUE_SETS[@]}"; do
     "$WORK/render-$(basename "${set#"$CHART/"}" .yaml).yaml"
 done
 
+step "the KEDA triggers' PromQL parses"
+"$PY" - "$WORK" "$WORK/keda-rules.yaml" <<'PY'
+import glob, json, sys, yaml
+queries = []
+for render in sorted(glob.glob(sys.argv[1] + "/render-*-*.yaml")):
+    for doc in yaml.safe_load_all(open(render)):
+        if doc and doc.get("kind") == "ScaledObject":
+            for t in doc["spec"]["triggers"]:
+                if t["type"] == "prometheus":
+                    queries.append(t["metadata"]["query"])
+with open(sys.argv[2], "w") as f:
+    f.write("groups:\n  - name: keda\n    rules:\n")
+    for i, q in enumerate(queries):
+        f.write(f"      - record: keda:query_{i}\n        expr: {json.dumps(q)}\n")
+    if not queries:
+        f.write("      - record: keda:none\n        expr: vector(0)\n")
+print(f"  {len(queries)} KEDA Prometheus queries")
+PY
+promtool check rules "$WORK/keda-rules.yaml" | sed -n 's/^ *SUCCESS/  SUCCESS/p'
+
 if [ "$MODE" = chart ]; then
   step "chart checks passed for ${VALUE_SETS[*]}"
   exit 0
