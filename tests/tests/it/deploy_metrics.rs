@@ -27,6 +27,14 @@ use crate::helpers::{message_event, HMAC_KEY};
 use crate::stack::{Stack, WAIT};
 
 const DASHBOARD: &str = "../deploy/grafana/khoros-kore-bridge.json";
+/// Referenced metrics recorded only on paths this test does not drive (a redelivery, a lost
+/// `/respond` answer resolved against the request log, a stream deleted at runtime). They are
+/// checked against the code's own names instead of the scrape.
+const NOT_DRIVEN: [&str; 3] = [
+    worker::telemetry::REDELIVERIES,
+    worker::telemetry::RESOLUTIONS,
+    shared::topology::RECREATED,
+];
 const RULES: &str = "../deploy/prometheus/rules.yaml";
 
 fn read(relative: &str) -> String {
@@ -406,7 +414,7 @@ async fn the_dashboard_and_alerts_use_only_exported_metrics() {
     let all_but_sampling: Vec<&str> = referenced
         .iter()
         .map(String::as_str)
-        .filter(|n| *n != sampling_errors)
+        .filter(|n| *n != sampling_errors && !NOT_DRIVEN.contains(n))
         .collect();
     let complete = tokio::time::timeout(
         Duration::from_secs(30),
@@ -429,7 +437,7 @@ async fn the_dashboard_and_alerts_use_only_exported_metrics() {
     let exported = scrape(&stack).await;
     let missing: Vec<&String> = referenced
         .iter()
-        .filter(|n| !exported.contains_key(*n))
+        .filter(|n| !exported.contains_key(*n) && !NOT_DRIVEN.contains(&n.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
