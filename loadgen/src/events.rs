@@ -3,9 +3,10 @@
 //!
 //! Event `i` of a run is always the same body, so any task can build it without shared state.
 //! Every `update_every`-th event is an update (CREATED, AGENT_RESPONSE, CLOSED in turn), the
-//! rest are customer messages owned by our bot. Bodies have the shapes of spec §5 (and of
-//! `khoros_sim::events`); they are formatted from templates because the generator must stay
-//! cheap next to the service it measures (a unit test checks they parse as the real model).
+//! rest are customer messages owned by our bot. Bodies have the shapes of
+//! `docs/vendors/khoros-webhooks.md` (and of `khoros_sim::events`); they are formatted from
+//! templates because the generator must stay cheap next to the service it measures (a unit
+//! test checks they parse as the real model).
 
 use shared::contract::ConversationKey;
 

@@ -13,7 +13,7 @@ use crate::config::SchedulerConfig;
 use crate::lease::{Lease, LeaseRecord};
 use crate::rotation::{AttemptStatus, CheckOutcome, RotationReport, RotationState, Rotator};
 use crate::schedule::Decision;
-use crate::service::Stores;
+use crate::service::{OpenError, Stores};
 use crate::verify::{self, Verdict};
 use shared::khoros::KhorosApi;
 use shared::kv::{KvError, Versioned};
@@ -24,8 +24,12 @@ const NATS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a command could not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    #[error("nats: no answer from {url} within {NATS_TIMEOUT:?}")]
+    NatsTimeout { url: String },
     #[error("nats: {0}")]
-    Nats(String),
+    Connect(#[from] async_nats::ConnectError),
+    #[error("nats: {0} (buckets are created by the scheduler service at start-up)")]
+    Buckets(#[from] OpenError),
     #[error(transparent)]
     Kv(#[from] KvError),
     #[error("no Bot API token in KV and none configured (KHOROS_TOKEN or KHOROS_TOKEN_FILE)")]
@@ -37,19 +41,14 @@ pub enum CommandError {
 /// Connects and opens the buckets, within [`NATS_TIMEOUT`].
 async fn open(config: &SchedulerConfig) -> Result<Stores, CommandError> {
     let attempt = async {
-        let client = shared::topology::connect(&config.nats)
-            .await
-            .map_err(|e| e.to_string())?;
-        Stores::open(&async_nats::jetstream::new(client)).await
+        let client = shared::topology::connect(&config.nats).await?;
+        Ok(Stores::open(&async_nats::jetstream::new(client)).await?)
     };
     tokio::time::timeout(NATS_TIMEOUT, attempt)
         .await
-        .map_err(|_| CommandError::Nats(format!("no answer from {} in time", config.nats.url)))?
-        .map_err(|e| {
-            CommandError::Nats(format!(
-                "{e} (buckets are created by the scheduler service at start-up)"
-            ))
-        })
+        .map_err(|_| CommandError::NatsTimeout {
+            url: config.nats.url.clone(),
+        })?
 }
 
 fn rotator(config: &SchedulerConfig, stores: &Stores, holder: String) -> Rotator {

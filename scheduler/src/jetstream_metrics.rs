@@ -69,6 +69,14 @@ pub fn event_type_of(consumer: &str) -> &str {
     }
 }
 
+/// A stream whose state could not be read (sampling goes on at the next interval).
+#[derive(Debug, thiserror::Error)]
+#[error("stream {stream}: {reason}")]
+pub struct SampleError {
+    pub stream: &'static str,
+    pub reason: String,
+}
+
 impl Sampler {
     pub fn new(js: jetstream::Context) -> Self {
         Self {
@@ -78,25 +86,31 @@ impl Sampler {
     }
 
     /// Reads every bridge stream that exists (a missing one is skipped).
-    pub async fn sample(&self) -> Result<Vec<StreamSample>, String> {
+    pub async fn sample(&self) -> Result<Vec<StreamSample>, SampleError> {
+        let failed = |stream: &'static str| {
+            move |e: &dyn std::fmt::Display| SampleError {
+                stream,
+                reason: e.to_string(),
+            }
+        };
         let mut samples = Vec::with_capacity(STREAMS.len());
         for name in STREAMS {
             let mut stream = match self.js.get_stream(name).await {
                 Ok(stream) => stream,
                 Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(format!("stream {name}: {e}")),
+                Err(e) => return Err(failed(name)(&e)),
             };
             let state = stream
                 .info()
                 .await
-                .map_err(|e| format!("stream {name}: {e}"))?
+                .map_err(|e| failed(name)(&e))?
                 .state
                 .clone();
             let consumers: Vec<_> = stream
                 .consumers()
                 .try_collect()
                 .await
-                .map_err(|e| format!("consumers of {name}: {e}"))?;
+                .map_err(|e| failed(name)(&e))?;
             samples.push(StreamSample {
                 stream: name.to_string(),
                 messages: state.messages,

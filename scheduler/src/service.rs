@@ -35,17 +35,26 @@ pub struct Stores {
 
 impl Stores {
     /// Opens the buckets (created by [`Topology::ensure_all`] with their limits).
-    pub async fn open(js: &jetstream::Context) -> Result<Self, String> {
-        let open = |name: &'static str| async move {
-            js.get_key_value(name)
+    pub async fn open(js: &jetstream::Context) -> Result<Self, OpenError> {
+        let open = |bucket: &'static str| async move {
+            js.get_key_value(bucket)
                 .await
-                .map_err(|e| format!("bucket {name}: {e}"))
+                .map_err(|source| OpenError { bucket, source })
         };
         Ok(Self {
             tokens: open(buckets::TOKENS).await?,
             leases: open(buckets::LEASES).await?,
         })
     }
+}
+
+/// A bucket that could not be opened (it does not exist yet, or NATS did not answer).
+#[derive(Debug, thiserror::Error)]
+#[error("bucket {bucket}: {source}")]
+pub struct OpenError {
+    pub bucket: &'static str,
+    #[source]
+    pub source: jetstream::context::KeyValueError,
 }
 
 /// What the service shows the health routes and tests.

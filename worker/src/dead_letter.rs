@@ -155,15 +155,10 @@ pub async fn replay(js: &jetstream::Context, sequences: &[u64]) -> Result<Vec<u6
             received_at_ms: Some(shared::auth::Clock::now_ms(&shared::auth::SystemClock)),
             ..Envelope::default()
         };
-        js.publish_with_headers(
-            letter.subject.clone(),
-            envelope.to_headers(),
-            payload.into(),
-        )
-        .await
-        .map_err(WorkerError::infra)?
-        .await
-        .map_err(WorkerError::infra)?;
+        envelope
+            .publish(js, letter.subject.clone(), payload.into())
+            .await
+            .map_err(WorkerError::Infrastructure)?;
         stream
             .delete_message(sequence)
             .await

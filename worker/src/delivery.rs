@@ -74,7 +74,18 @@ enum StepOutcome {
 pub enum Resolution {
     Sent,
     NotSent,
-    Unknown(String),
+    Unknown(Undecided),
+}
+
+/// Why the request log could not tell whether a call arrived.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum Undecided {
+    #[error("the call is still PENDING in Khoros' request log")]
+    StillPending,
+    #[error("the request log cannot be read: no Bot API token")]
+    NoToken,
+    #[error("the request log cannot be read: {0}")]
+    LogUnreadable(String),
 }
 
 /// What to do after a failed call.
@@ -165,8 +176,8 @@ impl Delivery {
             let why = match self.lookup(body, since).await {
                 Ok((sent, _)) if sent > earlier => break Resolution::Sent,
                 Ok((_, 0)) => break Resolution::NotSent,
-                Ok(_) => "the call is still PENDING in Khoros' request log".to_string(),
-                Err(e) => format!("the request log cannot be read: {e}"),
+                Ok(_) => Undecided::StillPending,
+                Err(e) => e,
             };
             match delays.next() {
                 Some(wait) => tokio::time::sleep(wait).await,
@@ -188,14 +199,14 @@ impl Delivery {
     }
 
     /// Non-`ERROR` and `PENDING` records of this exact body created since `since_ms`.
-    async fn lookup(&self, body: &Value, since_ms: i64) -> Result<(usize, usize), String> {
-        let token = self.token.current().ok_or("no Bot API token")?;
+    async fn lookup(&self, body: &Value, since_ms: i64) -> Result<(usize, usize), Undecided> {
+        let token = self.token.current().ok_or(Undecided::NoToken)?;
         let minutes = ((now_ms() - since_ms).max(0) / 60_000 + 2).min(LOG_MAX_MINUTES);
         let records = self
             .api
             .recent_bot_requests(&token, &self.app_id, &format!("{minutes}m"))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Undecided::LogUnreadable(e.to_string()))?;
         let (mut sent, mut pending) = (0, 0);
         for record in &records {
             let payload = record
@@ -299,7 +310,9 @@ impl Handlers {
             match d.resolve(steps, &tracked.progress, index, true).await {
                 Resolution::Sent => return Ok(StepOutcome::Sent),
                 Resolution::NotSent => {}
-                Resolution::Unknown(why) => return Ok(StepOutcome::Unknown(unknown(why, 0))),
+                Resolution::Unknown(why) => {
+                    return Ok(StepOutcome::Unknown(unknown(why.to_string(), 0)))
+                }
             }
         }
         let mut delays = d.retry.delays();

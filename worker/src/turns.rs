@@ -1,4 +1,5 @@
-//! Outstanding Kore.ai turns in async mode (`docs/decisions.md`, "Async turns end").
+//! Outstanding Kore.ai turns in async mode (`docs/decisions.md`, "Kore.ai answers in
+//! full, and async turns end").
 //!
 //! Before a customer message goes to Kore.ai in async mode the worker writes
 //! `turn.<kore user id>` in the conversations bucket (the ingress accepts Kore.ai deliveries
@@ -71,16 +72,14 @@ impl Turns {
             ..Envelope::default()
         };
         let payload = serde_json::to_vec(&marker).expect("marker serialises");
-        self.js
-            .publish_with_headers(
+        envelope
+            .publish(
+                &self.js,
                 subject::kore_replies(kore_user, self.partitions),
-                envelope.to_headers(),
                 payload.into(),
             )
             .await
-            .map_err(WorkerError::infra)?
-            .await
-            .map_err(WorkerError::infra)?;
+            .map_err(WorkerError::Infrastructure)?;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! What travels in the NATS headers of a stored event, written by the ingress (or by the
 //! worker, for dead-letter replays and turn-deadline markers) and read by the worker.
 
+use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 
 use super::headers;
 
@@ -45,6 +47,19 @@ impl Envelope {
             self.turn_deadline_ms.map(|v| v.to_string()).as_deref(),
         );
         map
+    }
+
+    /// Stores `payload` on `subject` with these headers and waits for JetStream's PubAck.
+    pub async fn publish(
+        &self,
+        js: &jetstream::Context,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<PublishAck, async_nats::Error> {
+        Ok(js
+            .publish_with_headers(subject, self.to_headers(), payload)
+            .await?
+            .await?)
     }
 
     /// Reads it back from a message's headers (none at all reads as the default).

@@ -99,11 +99,11 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
 
     /// Reads the whole table once, so the first decisions see every member and owner (a
     /// replica that acted on a partial view would take partitions from live owners).
-    async fn load_snapshot(&mut self) -> Result<(), String> {
-        let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+    async fn load_snapshot(&mut self) -> Result<(), async_nats::Error> {
+        let mut keys = self.kv.keys().await?;
         let mut names = Vec::new();
         while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| e.to_string())?);
+            names.push(key?);
         }
         let present: std::collections::HashSet<Slot> = names
             .iter()
@@ -118,7 +118,7 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
             })
             .buffer_unordered(16);
         while let Some(entry) = entries.next().await {
-            if let Some(entry) = entry.map_err(|e| e.to_string())? {
+            if let Some(entry) = entry? {
                 self.apply(entry);
             }
         }
