@@ -105,7 +105,17 @@ pub async fn write<T: Serialize>(
     value: &T,
     expected: Option<u64>,
 ) -> Result<u64, KvError> {
-    let bytes = encode(value);
+    write_bytes(store, key, encode(value), expected).await
+}
+
+/// [`write`] for a record stored as plain bytes rather than JSON (the partition table's owner
+/// records hold a member id as is).
+pub async fn write_bytes(
+    store: &Store,
+    key: &str,
+    bytes: bytes::Bytes,
+    expected: Option<u64>,
+) -> Result<u64, KvError> {
     match expected {
         None => store.create(key, bytes).await.map_err(|e| match e.kind() {
             kv::CreateErrorKind::AlreadyExists => KvError::Conflict { key: key.into() },

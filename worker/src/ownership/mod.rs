@@ -200,9 +200,8 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 .map(|k| k.as_str().to_string())
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&announcement).expect("announcement serialises");
         let key = format!("member.{}", self.config.member_id);
-        if let Err(e) = self.kv.put(key, bytes.into()).await {
+        if let Err(e) = shared::kv::put(&self.kv, &key, &announcement).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
     }
@@ -357,10 +356,9 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
     async fn claim(&mut self, slot: Slot, revision: Option<u64>) -> bool {
         let me = self.config.member_id.clone();
         let value: bytes::Bytes = me.clone().into_bytes().into();
-        let written = match revision {
-            None => self.kv.create(slot.owner_key(), value).await.ok(),
-            Some(rev) => self.kv.update(slot.owner_key(), value, rev).await.ok(),
-        };
+        let written = shared::kv::write_bytes(&self.kv, &slot.owner_key(), value, revision)
+            .await
+            .ok();
         match written {
             Some(rev) => {
                 self.owners.insert(slot, (me, rev));
@@ -396,11 +394,7 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
     async fn give_up_record(&mut self, slot: Slot) {
         if let Some((owner, rev)) = self.owners.get(&slot).cloned() {
             if owner == self.config.member_id {
-                match self
-                    .kv
-                    .delete_expect_revision(slot.owner_key(), Some(rev))
-                    .await
-                {
+                match shared::kv::delete_at(&self.kv, &slot.owner_key(), rev).await {
                     Ok(()) => {
                         self.owners.remove(&slot);
                     }
