@@ -10,7 +10,7 @@ use shared::cli::exit_code;
 use shared::config::Env;
 
 use crate::commands;
-use crate::rotation::AttemptStatus;
+use crate::records::AttemptStatus;
 
 /// Rotates the Khoros Bot API token (weekly, under a KV lease), watches that Khoros still
 /// accepts it, and exports the pipeline's metrics.

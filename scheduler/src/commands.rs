@@ -11,7 +11,8 @@ use shared::token::TokenRecord;
 
 use crate::config::SchedulerConfig;
 use crate::lease::{Lease, LeaseRecord};
-use crate::rotation::{AttemptStatus, CheckOutcome, RotationReport, RotationState, Rotator};
+use crate::records::{AttemptStatus, RotationState};
+use crate::rotation::{CheckOutcome, RotationReport, Rotator};
 use crate::schedule::Decision;
 use crate::service::{OpenError, Stores};
 use crate::verify::{self, Verdict};

@@ -11,6 +11,7 @@
 //! - [`config`]: `SchedulerConfig` from the environment.
 //! - [`app`]: `App::build` / `run_until_stopped`, health routes and task supervision.
 //! - [`service`]: the long-running loop: topology, seed, lease, checks.
+//! - [`records`]: the record of the last rotation attempt and its vocabulary.
 //! - [`schedule`]: the pure decision "is a rotation due now".
 //! - [`rotation`]: seeding, the fenced rotation itself, token gauges.
 //! - [`lease`]: the rotation lease (create / renew / take over / release).
@@ -26,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod jetstream_metrics;
 pub mod lease;
+pub mod records;
 pub mod rotation;
 pub mod schedule;
 pub mod service;

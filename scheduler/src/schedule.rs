@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use shared::token::TokenRecord;
 
-use crate::rotation::{AttemptStatus, RotationState};
+use crate::records::{AttemptStatus, Reason, RotationState};
 
 /// The rules that make a rotation due.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,28 +20,6 @@ pub struct SchedulePolicy {
     pub retry_after_failure: Duration,
     /// An attempt claimed longer ago than this belongs to a scheduler that died.
     pub claim_timeout: Duration,
-}
-
-/// Why a rotation happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The token reached `rotate_every`.
-    Scheduled,
-    /// The token expires within `expiry_margin`.
-    ExpiringSoon,
-    /// An operator ran `scheduler rotate-now`.
-    Forced,
-}
-
-impl Reason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::Scheduled => "scheduled",
-            Reason::ExpiringSoon => "expiring_soon",
-            Reason::Forced => "forced",
-        }
-    }
 }
 
 /// What to do now.

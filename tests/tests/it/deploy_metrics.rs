@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use khoros_sim::faults::Fault;
 use kore_sim::KoreSimConfig;
-use scheduler::rotation::AttemptStatus;
+use scheduler::records::AttemptStatus;
 use scheduler::SchedulerConfig;
 use serde_json::Value;
 use shared::Secret;
