@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::contract::ConversationKey;
+use shared::contract::{keys, ConversationKey};
 use shared::event::{Author, Coordinate, Owner};
 use shared::kv::{self, KvError};
 use tokio_util::sync::CancellationToken;
@@ -61,12 +61,12 @@ impl Conversations {
     }
 
     pub fn key(coordinate: &Coordinate, author: &Author) -> String {
-        ConversationKey {
+        let key = ConversationKey {
             network: coordinate.network_key.as_deref().unwrap_or(""),
             external_id: coordinate.external_id.as_deref().unwrap_or(""),
             author_id: &author.id,
-        }
-        .record_key()
+        };
+        keys::conversation(&key)
     }
 
     /// The record, if there is a readable one.

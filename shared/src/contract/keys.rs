@@ -9,7 +9,12 @@ use super::route::{hex, ConversationKey};
 /// The `bridge_conversations` key of a conversation record: hex SHA-256 of its key, so author
 /// ids (PII) stay out of keys.
 pub fn conversation(key: &ConversationKey<'_>) -> String {
-    key.record_key()
+    let mut h = Sha256::new();
+    for part in [key.network, key.external_id, key.author_id] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize())
 }
 
 /// The `bridge_progress` key of an event's progress record.

@@ -81,16 +81,6 @@ impl ConversationKey<'_> {
         });
         (hash % u64::from(partitions.max(1))) as u32
     }
-
-    /// A KV-safe key for the conversation record: hex SHA-256, so author ids (PII) stay out of keys.
-    pub fn record_key(&self) -> String {
-        let mut h = Sha256::new();
-        for part in [self.network, self.external_id, self.author_id] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        hex(&h.finalize())
-    }
 }
 
 /// Dedup id for a request that came without `x-amzn-RequestId`: identical bodies collapse.
@@ -176,7 +166,10 @@ mod tests {
             external_id: "bc",
             author_id: "",
         };
-        assert_ne!(a.record_key(), b.record_key());
+        assert_ne!(
+            super::super::keys::conversation(&a),
+            super::super::keys::conversation(&b)
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub async fn handle(
         external_id: event.coordinate.external_id.as_deref().unwrap_or(""),
         author_id: &event.author.id,
     };
-    let key = conversation.record_key();
+    let key = shared::contract::keys::conversation(&conversation);
     let received_at = env.headers.received_at_ms.unwrap_or_else(|| h.now_ms());
     let seen = h.conversations.read(&key).await?;
     if let Some(reason) = skip_reason(&event, seen.record.as_ref(), &h.config.app_id, received_at) {

@@ -314,7 +314,7 @@ fn lane_key(kind: EventKind, env: &Delivered) -> String {
                 .unwrap_or_else(|_| own_lane())
         }
         _ => serde_json::from_slice::<RouteFields<'_>>(&env.payload)
-            .map(|f| f.conversation_key().record_key())
+            .map(|f| shared::contract::keys::conversation(&f.conversation_key()))
             .unwrap_or_else(|_| own_lane()),
     }
 }
