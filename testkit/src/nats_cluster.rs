@@ -234,7 +234,7 @@ impl NatsCluster {
             .connect(self.node_url(i))
             .await?;
         let mut js = jetstream::new(client);
-        js.set_timeout(Duration::from_secs(2));
+        js.set_timeout(Duration::from_secs(5));
         Ok(js)
     }
 
@@ -372,7 +372,7 @@ impl NatsCluster {
     /// losing any one node keeps a quorum everywhere.
     pub async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        let mut last = String::from("no answer yet");
+        let mut last;
         loop {
             match self.health_problem().await {
                 Ok(None) => return Ok(()),
