@@ -226,6 +226,11 @@ impl NatsCluster {
     /// A JetStream context on one available node (a fresh connection, so a paused node is
     /// never the one asked).
     pub async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
+        self.jetstream_timeout(Duration::from_secs(5)).await
+    }
+
+    /// [`Self::jetstream`] whose requests give up after `timeout`.
+    async fn jetstream_timeout(&self, timeout: Duration) -> anyhow::Result<jetstream::Context> {
         let i = (0..NODES)
             .find(|&i| self.is_available(i))
             .ok_or_else(|| anyhow::anyhow!("no node is available"))?;
@@ -234,7 +239,7 @@ impl NatsCluster {
             .connect(self.node_url(i))
             .await?;
         let mut js = jetstream::new(client);
-        js.set_timeout(Duration::from_secs(5));
+        js.set_timeout(timeout);
         Ok(js)
     }
 
@@ -327,7 +332,8 @@ impl NatsCluster {
         &self,
         stream: &str,
     ) -> anyhow::Result<jetstream::stream::ClusterInfo> {
-        let js = self.jetstream().await?;
+        // A short deadline, so the end of an election is seen when it comes.
+        let js = self.jetstream_timeout(Duration::from_millis(500)).await?;
         let mut handle = js.get_stream(stream).await?;
         let info = handle.info().await?;
         info.cluster

@@ -24,8 +24,8 @@ use testkit::sign::Credentials;
 use testkit::wait;
 
 use crate::helpers::{
-    message_event, with_overrides, worker_vars_at, TestIngress, TestWorker, HMAC_KEY,
-    HMAC_SECRET, TEST_TOKEN,
+    message_event, with_overrides, worker_vars_at, TestIngress, TestWorker, HMAC_KEY, HMAC_SECRET,
+    TEST_TOKEN,
 };
 use crate::stack::TestScheduler;
 
@@ -274,13 +274,17 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
     let url = cluster.client_url();
     let topology = [("JS_REPLICAS", "3"), ("PARTITIONS", "16")];
     let ingress = TestIngress::start_at(&url, &topology).await;
-    let khoros = KhorosSim::start(KhorosSimConfig::default().with_token(TEST_TOKEN).with_webhook(
-        &ingress.url,
-        Credentials::Hmac {
-            api_key: HMAC_KEY.into(),
-            secret: Secret::new(HMAC_SECRET),
-        },
-    ))
+    let khoros = KhorosSim::start(
+        KhorosSimConfig::default()
+            .with_token(TEST_TOKEN)
+            .with_webhook(
+                &ingress.url,
+                Credentials::Hmac {
+                    api_key: HMAC_KEY.into(),
+                    secret: Secret::new(HMAC_SECRET),
+                },
+            ),
+    )
     .await
     .expect("start khoros-sim");
     let kore = KoreSim::start(KoreSimConfig::default())
@@ -298,11 +302,8 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         ],
         &topology,
     );
-    let (scheduler, _scheduler_task) = start_scheduler(
-        scheduler_vars,
-        Arc::new(shared::auth::SystemClock),
-    )
-    .await;
+    let (scheduler, _scheduler_task) =
+        start_scheduler(scheduler_vars, Arc::new(shared::auth::SystemClock)).await;
     let mut worker_extra = topology.to_vec();
     worker_extra.extend([("ACK_WAIT", "5s"), ("MEMBER_TIMEOUT", "3s")]);
     let worker_env = Env::from_pairs(worker_vars_at(
@@ -532,7 +533,10 @@ async fn a_network_cut_does_not_split_the_token_lease() {
             ("KHOROS_API_URL", sim.base_url()),
             ("KHOROS_APP_ID", "kore-bridge".into()),
             ("KHOROS_TOKEN", "khoros-sim-token".into()),
-            ("KHOROS_TOKEN_EXPIRES_AT_MS", (T0 + 90 * 86_400_000).to_string()),
+            (
+                "KHOROS_TOKEN_EXPIRES_AT_MS",
+                (T0 + 90 * 86_400_000).to_string(),
+            ),
             ("KHOROS_TIMEOUT", "2s".into()),
             ("KHOROS_RETRY_MAX", "3".into()),
             ("KHOROS_RETRY_MIN_DELAY", "10ms".into()),
@@ -615,9 +619,11 @@ async fn a_network_cut_does_not_split_the_token_lease() {
     // The cut: the holder's node stops answering.
     let cut_at = Instant::now();
     cluster.pause(cut);
-    wait::until(SETTLE, "the cut holder to stop counting itself leader", || async {
-        (!schedulers[holder].0.status.is_leader()).then_some(())
-    })
+    wait::until(
+        SETTLE,
+        "the cut holder to stop counting itself leader",
+        || async { (!schedulers[holder].0.status.is_leader()).then_some(()) },
+    )
     .await;
     let holder_gave_up = cut_at.elapsed();
     wait::until(SETTLE, "the other scheduler to take the lease", || async {
