@@ -381,14 +381,13 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
     let load_s = started.elapsed();
     let sent = log.lock().unwrap().clone();
     let statuses: Vec<u16> = sent.iter().map(|s| s.status).collect();
-    assert!(
-        statuses.iter().all(|s| matches!(s, 202 | 503)),
-        "the ingress answers 202 or 503, nothing else: {:?}",
-        statuses
-            .iter()
-            .filter(|s| !matches!(s, 202 | 503))
-            .collect::<Vec<_>>()
-    );
+    // 0: no answer within the client's 5 s (an overloaded machine); Khoros retries those too.
+    let timeouts = statuses.iter().filter(|&&s| s == 0).count();
+    let other: Vec<u16> = statuses
+        .iter()
+        .copied()
+        .filter(|s| !matches!(s, 0 | 202 | 503))
+        .collect();
     let accepted = statuses.iter().filter(|&&s| s == 202).count();
 
     // Every accepted event answered; then the replies stop changing (late duplicates show).
@@ -398,16 +397,29 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
             .map(|c| khoros.messages(author(c).as_str()).len())
             .sum::<usize>()
     };
-    wait::until(
+    // Bounded; on timeout the figures are still printed and the loss assertion fails.
+    let drained = tokio::time::timeout(
         Duration::from_secs(90),
-        "every accepted event to be answered",
-        || async {
-            let a = audit(&khoros, &sent, conversations);
-            (a.lost == 0).then_some(())
-        },
+        wait::until(
+            Duration::from_secs(90),
+            "every accepted event to be answered",
+            || async {
+                let a = audit(&khoros, &sent, conversations);
+                (a.lost == 0).then_some(())
+            },
+        ),
     )
-    .await;
+    .await
+    .is_ok();
     let drain = drain_from.elapsed();
+    if !drained {
+        let a = audit(&khoros, &sent, conversations);
+        eprintln!(
+            "CLUSTER failover (NOT DRAINED after {drain:?}): rate={rate}/s sent={} {a:?} faults={faults:?}",
+            sent.len()
+        );
+        panic!("accepted events unanswered 90 s after the load: {a:?}");
+    }
     let last = Mutex::new((total_replies(), Instant::now()));
     wait::until(Duration::from_secs(30), "the replies to settle", || async {
         let now = total_replies();
@@ -475,7 +487,7 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         .collect();
     eprintln!(
         "CLUSTER failover: rate={rate}/s bot=200ms conversations={conversations} sent={} accepted={accepted} \
-         answered={} lost={} duplicates={} out_of_order={} refused_but_answered={} \
+         answered={} lost={} duplicates={} out_of_order={} refused_but_answered={} client_timeouts={timeouts} \
          longest_503_window={:.2}s {} drain={:.2}s recovery(lease+rotate-now+32 new events)={:.2}s \
          rotated_tokens={rotated} load={:.1}s",
         sent.len(),
@@ -489,6 +501,10 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         drain.as_secs_f64(),
         recovery.as_secs_f64(),
         load_s.as_secs_f64(),
+    );
+    assert!(
+        other.is_empty(),
+        "the ingress answers 202 or 503, nothing else: {other:?}"
     );
     assert_eq!((a.lost, a.duplicates, a.out_of_order), (0, 0, 0), "{a:?}");
     assert!(
