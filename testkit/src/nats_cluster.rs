@@ -112,8 +112,8 @@ impl NatsCluster {
             );
             std::fs::write(&node.config, config).expect("write node config");
         }
-        for i in 0..NODES {
-            spawn(&mut nodes[i]);
+        for node in &mut nodes {
+            spawn(node);
         }
         for node in &mut nodes {
             wait_listening(node);
