@@ -20,7 +20,9 @@
 //!    message rate, random conversation keys, replies matched at khoros-sim;
 //! 7. **burst**: many customers write at once to one worker with a slow bot ([`burst`]);
 //! 8. **scaling**: 1, 2, 4 worker processes draining a backlog of distinct conversations with
-//!    a slow bot ([`scaling`]).
+//!    a slow bot ([`scaling`]);
+//! 9. **cluster**: the ingress at the fixed rate on one node (R1) and on a three-node cluster
+//!    with `JS_REPLICAS=3`, interleaved; the R3 / R1 ack latency ratios ([`cluster`]).
 //!
 //! The worker phases (6-8) run the ingress and the workers in their default configuration
 //! (no PARTITIONS, WORKER_CONCURRENCY, ACK_WAIT...): only what they need to run.
@@ -53,6 +55,7 @@ use super::stats::LoadReport;
 use super::targets;
 
 mod burst;
+mod cluster;
 pub mod scaling;
 
 const HMAC_KEY: &str = "bench-hmac-key";
@@ -102,8 +105,8 @@ pub struct BenchOptions {
 }
 
 /// The phases, in the order they run (the names `--skip` takes).
-pub const PHASES: [&str; 8] = [
-    "bare", "publish", "naive", "node", "ingress", "e2e", "burst", "scaling",
+pub const PHASES: [&str; 9] = [
+    "bare", "publish", "naive", "node", "ingress", "e2e", "burst", "scaling", "cluster",
 ];
 
 /// The phases `--only worker` runs.
@@ -185,6 +188,7 @@ pub struct E2ePhase {
 }
 
 pub use burst::BurstPhase;
+pub use cluster::ClusterPhase;
 pub use scaling::ScaleRun;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -234,6 +238,9 @@ pub struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<BurstPhase>,
     pub scaling: Vec<ScaleRun>,
+    /// R1 vs R3 ack latency (absent in runs before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterPhase>,
     pub checks: Vec<Check>,
 }
 
@@ -440,6 +447,17 @@ impl Harness {
         nats: &str,
         partitions: Option<u32>,
     ) -> anyhow::Result<Running> {
+        self.ingress_with(tag, nats, partitions, &[]).await
+    }
+
+    /// [`Self::ingress`] with `extra` variables (`JS_REPLICAS` for the cluster phase).
+    async fn ingress_with(
+        &self,
+        tag: &str,
+        nats: &str,
+        partitions: Option<u32>,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Running> {
         let port = port();
         let metrics_port = self::port();
         let mut env = vars(&[
@@ -456,6 +474,7 @@ impl Harness {
                 ("JS_STORAGE", "file".into()),
             ]));
         }
+        env.extend(vars(extra));
         let proc = Proc::spawn(
             &format!("ingress-{tag}"),
             &self.bin("ingress"),
@@ -1117,7 +1136,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
 /// The release binaries the phases that run need (besides `loadgen` and `nats-server`).
 fn required_binaries(options: &BenchOptions) -> Vec<&'static str> {
     let mut bins = Vec::new();
-    if options.runs_any(&["ingress", "e2e", "burst", "scaling"]) {
+    if options.runs_any(&["ingress", "e2e", "burst", "scaling", "cluster"]) {
         bins.push("ingress");
     }
     if options.runs_any(&WORKER_PHASES) {
@@ -1213,6 +1232,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         e2e: None,
         burst: None,
         scaling: Vec::new(),
+        cluster: None,
         checks: Vec::new(),
     };
     println!(
@@ -1289,6 +1309,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             report.scaling.push(harness.scale_run(replicas).await?);
         }
         scaling::speedups(&mut report.scaling);
+    }
+    if options.runs("cluster") {
+        step(
+            9,
+            "cluster: the ingress on R1 (one node) vs R3 (three nodes), fixed rate",
+        );
+        report.cluster = Some(harness.phase_cluster().await?);
     }
     report.machine.load_after = read_trim("/proc/loadavg");
     report.wall_s = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;

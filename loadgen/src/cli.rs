@@ -22,7 +22,7 @@ use super::stats::LoadReport;
 pub const USAGE: &str = "\
 loadgen: load generator and benchmark of khoros-kore-bridge
 
-  loadgen bench [--quick] [--skip bare,publish,naive,node,ingress,e2e,burst,scaling]
+  loadgen bench [--quick] [--skip bare,publish,naive,node,ingress,e2e,burst,scaling,cluster]
                 [--only worker | --only e2e,burst,...]
                 [--bin-dir target/release] [--out bench] [--connections 64]
       The whole benchmark (what dev/bench runs): starts its own nats-server (NATS_SERVER_BIN),

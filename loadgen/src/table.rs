@@ -41,6 +41,7 @@ pub fn render(report: &BenchReport) -> String {
     e2e(&mut out, report);
     burst(&mut out, report);
     scaling(&mut out, report);
+    cluster(&mut out, report);
     checks(&mut out, report);
     out
 }
@@ -315,4 +316,30 @@ fn checks(out: &mut String, report: &BenchReport) {
             if c.pass { "pass" } else { "**MISS**" }
         );
     }
+}
+
+fn cluster(out: &mut String, report: &BenchReport) {
+    let Some(c) = &report.cluster else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "**Cluster** (the ingress at {} req/s, {} connections, interleaved rounds; R1: one nats-server, R3: three-node cluster, `JS_REPLICAS=3`; ack latency from the intended send time)\n",
+        c.rate, c.r1.connections
+    );
+    let _ = writeln!(out, "| | ok | failed | p50 ms | p90 ms | p99 ms | max ms |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in [("R1", &c.r1), ("R3", &c.r3)] {
+        let l = &r.latency;
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.ok, r.failed, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| **R3 / R1** | | | **{:.2}** | | **{:.2}** | |\n",
+        c.p50_ratio, c.p99_ratio
+    );
 }

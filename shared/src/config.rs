@@ -218,6 +218,18 @@ impl NatsConfig {
             name: env.string("NATS_NAME", &format!("khoros-kore-bridge-{service}")),
         })
     }
+
+    /// The servers of `url`, one per comma-separated entry, trimmed. async-nats parses a
+    /// string as one URL (`a,b` fails with "invalid port number"), so a cluster's list is split
+    /// here and handed over as a slice.
+    pub fn servers(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +265,29 @@ mod tests {
         let env = Env::from_pairs([("N", "many")]);
         let err = env.parse::<u32>("N", 1).unwrap_err().to_string();
         assert!(err.contains("N") && err.contains("many"), "{err}");
+    }
+
+    #[test]
+    fn a_comma_separated_nats_url_is_a_server_list() {
+        let env = Env::from_pairs([(
+            "NATS_URL",
+            "nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://127.0.0.1:4224",
+        )]);
+        let config = NatsConfig::from_env(&env, "test").unwrap();
+        assert_eq!(
+            config.servers(),
+            [
+                "nats://127.0.0.1:4222",
+                "nats://127.0.0.1:4223",
+                "nats://127.0.0.1:4224"
+            ]
+        );
+        for server in config.servers() {
+            server
+                .parse::<async_nats::ServerAddr>()
+                .expect("each entry is a server address");
+        }
+        let single = NatsConfig::from_env(&Env::from_pairs([("NATS_URL", "nats://h:1")]), "t");
+        assert_eq!(single.unwrap().servers(), ["nats://h:1"]);
     }
 }

@@ -127,7 +127,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, async_nats:
     if let Some(path) = &cfg.creds_file {
         options = options.credentials_file(path).await?;
     }
-    options.connect(&cfg.url).await
+    options.connect(cfg.servers().as_slice()).await
 }
 
 /// Flushes what the client still buffers, at shutdown. Bounded: with NATS gone the client

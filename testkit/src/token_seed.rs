@@ -8,7 +8,9 @@ use shared::topology::{buckets, Topology, TopologyConfig};
 /// Ensures the topology `env` describes (as the services would) and creates the token record
 /// unless one exists.
 pub async fn seed_token(nats_url: &str, env: &Env, token: &str) -> anyhow::Result<()> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    // A cluster's `NATS_URL` is a comma-separated list (see `NatsConfig::servers`).
+    let servers: Vec<&str> = nats_url.split(',').map(str::trim).collect();
+    let js = async_nats::jetstream::new(async_nats::connect(servers.as_slice()).await?);
     Topology::new(TopologyConfig::from_env(env)?)
         .ensure(&js)
         .await?;

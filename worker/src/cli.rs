@@ -82,7 +82,7 @@ async fn jetstream() -> anyhow::Result<async_nats::jetstream::Context> {
         options = options.credentials_file(path).await?;
     }
     let client = options
-        .connect(&config.url)
+        .connect(config.servers().as_slice())
         .await
         .with_context(|| format!("connecting to {}", config.url))?;
     Ok(async_nats::jetstream::new(client))

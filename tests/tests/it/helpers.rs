@@ -43,9 +43,14 @@ pub struct TestIngress {
 impl TestIngress {
     /// Starts an ingress with HMAC auth (the default) or overrides in `extra`.
     pub async fn start(nats: &NatsServer, extra: &[(&str, &str)]) -> Self {
+        Self::start_at(&nats.url(), extra).await
+    }
+
+    /// [`Self::start`] against `nats_url` (a server list for a cluster).
+    pub async fn start_at(nats_url: &str, extra: &[(&str, &str)]) -> Self {
         LazyLock::force(&TRACING);
         let vars = vec![
-            ("NATS_URL".to_string(), nats.url()),
+            ("NATS_URL".to_string(), nats_url.to_string()),
             ("KHOROS_AUTH".into(), "hmac".into()),
             (
                 "KHOROS_HMAC_KEYS".into(),
@@ -220,8 +225,18 @@ pub fn worker_vars(
     kore_url: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
+    worker_vars_at(&nats.url(), khoros_url, kore_url, extra)
+}
+
+/// [`worker_vars`] against `nats_url` (a server list for a cluster).
+pub fn worker_vars_at(
+    nats_url: &str,
+    khoros_url: &str,
+    kore_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let vars: Vec<(String, String)> = vec![
-        ("NATS_URL".into(), nats.url()),
+        ("NATS_URL".into(), nats_url.to_string()),
         ("KHOROS_APP_ID".into(), "kore-bridge".into()),
         ("KHOROS_API_URL".into(), khoros_url.into()),
         ("KORE_URL".into(), kore_url.into()),
