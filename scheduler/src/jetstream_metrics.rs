@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
-use shared::contract::kind::CONSUMER_PREFIX;
+use shared::contract::kind::{consumer_base, CONSUMER_PREFIX};
 use shared::topology::{DEAD_LETTER_STREAM, EVENTS_STREAM, KORE_REPLIES_STREAM};
 use tokio_util::sync::CancellationToken;
 
@@ -48,10 +48,11 @@ pub struct Sampler {
     seen: HashSet<(String, String, String)>,
 }
 
-/// The event type in a worker consumer's name: `worker-message-3` -> `message`,
-/// `worker-agent-response-12` -> `agent-response`; `other` for consumers not named so.
+/// The event type in a worker consumer's name: `worker-message-3` (or an instance of it,
+/// `worker-message-3--a1b2`) -> `message`, `worker-agent-response-12` -> `agent-response`;
+/// `other` for consumers not named so.
 pub fn event_type_of(consumer: &str) -> &str {
-    let Some(rest) = consumer
+    let Some(rest) = consumer_base(consumer)
         .strip_prefix(CONSUMER_PREFIX)
         .filter(|r| !r.is_empty())
     else {
@@ -119,7 +120,8 @@ impl Sampler {
                     .into_iter()
                     .map(|c| ConsumerSample {
                         event_type: event_type_of(&c.name).to_string(),
-                        name: c.name,
+                        // The base name: an owner change makes a new instance, not a new series.
+                        name: consumer_base(&c.name).to_string(),
                         pending: c.num_pending,
                         ack_pending: c.num_ack_pending as u64,
                         redelivered: c.num_redelivered as u64,
@@ -214,6 +216,7 @@ mod tests {
     #[test]
     fn event_types_are_parsed_from_worker_consumer_names() {
         assert_eq!(event_type_of("worker-message-3"), "message");
+        assert_eq!(event_type_of("worker-kore_reply-3--0a1b"), "kore_reply");
         assert_eq!(event_type_of("worker-update-15"), "update");
         assert_eq!(event_type_of("worker-agent-response-12"), "agent-response");
         assert_eq!(event_type_of("worker-control"), "control");

@@ -28,6 +28,8 @@ impl Harness {
             .ingress_with("r1", &nats.base, Some(o.partitions), &[])
             .await?;
         let cluster = NatsCluster::start().await;
+        // A meta leader is not enough: R3 streams are created only once every node is current.
+        cluster.wait_healthy(Duration::from_secs(60)).await?;
         let r3 = self
             .ingress_with(
                 "r3",

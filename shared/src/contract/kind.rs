@@ -6,6 +6,15 @@ use crate::topology::{EVENTS_STREAM, KORE_REPLIES_STREAM};
 /// What every worker consumer's name starts with (`worker-<kind>-<partition>`).
 pub const CONSUMER_PREFIX: &str = "worker-";
 
+/// Separates a consumer's base name from its instance (kind names never contain it).
+pub const INSTANCE_SEPARATOR: &str = "--";
+
+/// The base name of a consumer: `worker-message-3--a1b2` -> `worker-message-3`.
+pub fn consumer_base(name: &str) -> &str {
+    name.split_once(INSTANCE_SEPARATOR)
+        .map_or(name, |(base, _)| base)
+}
+
 /// What a worker consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
@@ -65,10 +74,19 @@ impl EventKind {
         }
     }
 
-    /// `worker-<kind>-<partition>`: the durable consumer of one partition, pulled by its
-    /// owner only.
+    /// `worker-<kind>-<partition>`: the base name of one partition's consumer.
     pub fn consumer_name(self, partition: u32) -> String {
         format!("{CONSUMER_PREFIX}{}-{partition}", self.as_str())
+    }
+
+    /// `worker-<kind>-<partition>--<instance>`: the consumer one owner created and alone
+    /// pulls. A new owner deletes it and creates its own under another instance, so a former
+    /// owner still pulling by name finds nothing instead of sharing the new owner's events.
+    pub fn consumer_instance(self, partition: u32, instance: &str) -> String {
+        format!(
+            "{}{INSTANCE_SEPARATOR}{instance}",
+            self.consumer_name(partition)
+        )
     }
 }
 
@@ -92,5 +110,9 @@ mod tests {
         assert_eq!(EventKind::of_khoros_type("update"), Some(EventKind::Update));
         assert_eq!(EventKind::of_khoros_type("kore_reply"), None);
         assert_eq!(EventKind::Control.consumer_name(7), "worker-control-7");
+        let instance = EventKind::KoreReply.consumer_instance(3, "00ff");
+        assert_eq!(instance, "worker-kore_reply-3--00ff");
+        assert_eq!(consumer_base(&instance), "worker-kore_reply-3");
+        assert_eq!(consumer_base("worker-update-1"), "worker-update-1");
     }
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use khoros_sim::{Fault, KhorosSim, KhorosSimConfig, TokenState};
 use kore_sim::{KoreSim, KoreSimConfig};
-use scheduler::rotation::AttemptStatus;
+use scheduler::records::AttemptStatus;
 use shared::auth::{Clock, ManualClock};
 use shared::config::Env;
+use shared::service::Listeners;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::topology::{buckets, Topology, TopologyConfig, EVENTS_STREAM};
 use shared::Secret;
@@ -31,6 +32,10 @@ use crate::stack::TestScheduler;
 
 /// Bound on the cluster settling (a restarted node catching up, a leader elected).
 const SETTLE: Duration = Duration::from_secs(60);
+
+/// One three-node cluster at a time: two of them (six servers, each test's services) on a
+/// two-core machine stretch elections past what the tests measure.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn env_secs(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -49,9 +54,15 @@ async fn start_scheduler(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let app = scheduler::App::build_with(config.clone(), listener, None)
-        .await
-        .expect("build scheduler");
+    let app = scheduler::App::build_with(
+        config.clone(),
+        Listeners {
+            main: listener,
+            metrics: None,
+        },
+    )
+    .await
+    .expect("build scheduler");
     let base = format!("http://{}", app.local_addr());
     let status = app.status();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -77,6 +88,7 @@ struct Sent {
     done_at: Instant,
     /// 0: no answer (timeout or connection error).
     status: u16,
+    request_id: String,
 }
 
 fn author(conversation: usize) -> String {
@@ -130,6 +142,7 @@ fn start_load(
                         sent_at,
                         done_at: Instant::now(),
                         status,
+                        request_id,
                     });
                     index += 1;
                     next = (next + period).max(tokio::time::Instant::now());
@@ -172,6 +185,8 @@ struct Audit {
     out_of_order: usize,
     /// Replies to events the ingress answered 503 to (stored after all; Khoros would retry).
     refused_but_answered: usize,
+    /// Per conversation with a reply out of order: the replies and what was accepted.
+    out_of_order_detail: Vec<String>,
 }
 
 fn audit(khoros: &KhorosSim, sent: &[Sent], conversations: usize) -> Audit {
@@ -194,6 +209,14 @@ fn audit(khoros: &KhorosSim, sent: &[Sent], conversations: usize) -> Audit {
             if last.is_some_and(|l| i <= l) {
                 if replies.iter().filter(|&&r| r == i).count() == 1 {
                     a.out_of_order += 1;
+                    let accepted: Vec<(usize, &str)> = sent
+                        .iter()
+                        .filter(|s| s.conversation == c && s.status == 202)
+                        .map(|s| (s.index, &s.request_id[..8]))
+                        .collect();
+                    a.out_of_order_detail.push(format!(
+                        "c{c}: replies {replies:?}; accepted (index, request id) {accepted:?}"
+                    ));
                 }
             } else {
                 last = Some(i);
@@ -267,6 +290,7 @@ async fn pick(cluster: &NatsCluster, stream: Option<&str>) -> usize {
 /// `BRIDGE_CLUSTER_SECONDS` (steady load between faults, default 3) for the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_survives_the_loss_of_any_node() {
+    let _one = ONE_CLUSTER.lock().await;
     let rate = env_secs("BRIDGE_CLUSTER_RATE", 60.0);
     let steady = Duration::from_secs_f64(env_secs("BRIDGE_CLUSTER_SECONDS", 3.0));
     let conversations = (rate as usize).max(1);
@@ -506,6 +530,9 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         other.is_empty(),
         "the ingress answers 202 or 503, nothing else: {other:?}"
     );
+    for detail in &a.out_of_order_detail {
+        eprintln!("CLUSTER out of order {detail}");
+    }
     assert_eq!((a.lost, a.duplicates, a.out_of_order), (0, 0, 0), "{a:?}");
     assert!(
         longest <= Duration::from_secs(10),
@@ -529,6 +556,7 @@ const WEEK_MS: i64 = 7 * 86_400_000;
 /// period still costs exactly one refresh call at khoros-sim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_cut_does_not_split_the_token_lease() {
+    let _one = ONE_CLUSTER.lock().await;
     let mut cluster = NatsCluster::start().await;
     let sim = KhorosSim::start(KhorosSimConfig {
         clock_start_ms: Some(T0),

@@ -479,18 +479,15 @@ async fn events_waiting_for_a_permit_are_not_redelivered() {
     let stream = js.get_stream(EVENTS_STREAM).await.expect("events stream");
     let mut redelivered = 0;
     for p in 0..4 {
-        if let Ok(mut consumer) = stream
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!(
-                "worker-message-{p}"
-            ))
-            .await
-        {
-            redelivered += consumer
-                .info()
+        let mut consumer =
+            crate::helpers::partition_consumer(&stream, &format!("worker-message-{p}"))
                 .await
-                .expect("consumer info")
-                .num_redelivered;
-        }
+                .expect("every partition has a consumer");
+        redelivered += consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .num_redelivered;
     }
     let mut duplicates = 0;
     for author in authors {

@@ -339,3 +339,21 @@ pub async fn wait_ready(base: &str, what: &str) {
     })
     .await;
 }
+
+/// The consumer instance of one partition (`worker-<kind>-<p>--<instance>`, named by its
+/// owner), if there is one.
+pub async fn partition_consumer(
+    stream: &async_nats::jetstream::stream::Stream,
+    base: &str,
+) -> Option<async_nats::jetstream::consumer::PullConsumer> {
+    use futures::TryStreamExt;
+    let names: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .expect("consumer names");
+    let name = names
+        .into_iter()
+        .find(|n| shared::contract::kind::consumer_base(n) == base)?;
+    stream.get_consumer(&name).await.ok()
+}

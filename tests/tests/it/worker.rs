@@ -530,10 +530,10 @@ async fn long_bot_calls_keep_the_event_alive() {
         .unwrap();
     let mut redelivered = 0;
     for p in 0..4 {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .get_consumer(&format!("worker-message-{p}"))
-            .await
-            .unwrap();
+        let mut consumer =
+            crate::helpers::partition_consumer(&stream, &format!("worker-message-{p}"))
+                .await
+                .expect("every partition has a consumer");
         redelivered += consumer.info().await.unwrap().num_redelivered;
     }
     assert_eq!(

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use shared::contract::kind::consumer_base;
 use shared::contract::route::DEADLINE_ID_PREFIX;
 use shared::contract::{subject, Envelope, RouteFields};
 use tokio::sync::{mpsc, Semaphore};
@@ -66,10 +67,10 @@ pub fn start(ctx: Arc<PartitionContext>, slot: Slot) -> Running {
     Running { stop, lost, task }
 }
 
-fn consumer_config(ctx: &PartitionContext, slot: Slot) -> pull::Config {
+fn consumer_config(ctx: &PartitionContext, slot: Slot, name: String) -> pull::Config {
     let config = &ctx.handlers.config;
     pull::Config {
-        durable_name: Some(slot.kind.consumer_name(slot.partition)),
+        durable_name: Some(name),
         filter_subject: subject::partition(slot.kind, slot.partition),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
@@ -91,27 +92,51 @@ async fn partition_stream(
         .map_err(WorkerError::infra)
 }
 
-/// Deletes and recreates the consumer: on a work-queue stream the new consumer starts at the
-/// oldest unacknowledged event, so whatever the previous owner held comes first, in stream
-/// order, instead of after its ack wait.
+/// Creates this runner's own instance of the partition's consumer, deleting any other first:
+/// on a work-queue stream the new consumer starts at the oldest unacknowledged event, so
+/// whatever the previous owner held comes first, in stream order, instead of after its ack
+/// wait; and the previous owner, should it still pull by its instance's name, finds nothing.
 async fn recreate_consumer(
     ctx: &PartitionContext,
     slot: Slot,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
     let stream = partition_stream(ctx, slot).await?;
-    let name = slot.kind.consumer_name(slot.partition);
-    let _ = stream.delete_consumer(&name).await;
+    let instance = format!("{:08x}", rand::random::<u32>());
+    let config = consumer_config(
+        ctx,
+        slot,
+        slot.kind.consumer_instance(slot.partition, &instance),
+    );
+    // A work queue refuses a second consumer on the same subject: creation succeeds at once
+    // only when no other instance is left.
+    if let Ok(consumer) = stream.create_consumer(config.clone()).await {
+        return Ok(consumer);
+    }
+    let base = slot.kind.consumer_name(slot.partition);
+    let mut names = stream.consumer_names();
+    let mut others = Vec::new();
+    while let Some(name) = names.try_next().await.map_err(WorkerError::infra)? {
+        if consumer_base(&name) == base {
+            others.push(name);
+        }
+    }
+    for name in others {
+        let _ = stream.delete_consumer(&name).await;
+    }
     stream
-        .create_consumer(consumer_config(ctx, slot))
+        .create_consumer(config)
         .await
         .map_err(WorkerError::infra)
 }
 
-/// The message stream of the consumer, recreating the consumer if it vanished (the stream
-/// was recreated after a loss). Only while the owner record still names this replica: a new
-/// owner recreates the consumer under the same name, and pulling it then would run one
-/// conversation in two places.
-async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, WorkerError> {
+/// A fresh consumer and its message stream, only while the owner record still names this
+/// replica (a new owner's consumer must not be deleted by its predecessor).
+///
+/// Fresh, because a pull that broke (a consumer or stream leader lost, a reconnect) may have
+/// lost deliveries in transit: JetStream counts them as delivered and sends them again only
+/// after the ack wait, while later events would keep coming at once and overtake them. On a
+/// work queue, a recreated consumer starts at the oldest event still stored, so order holds.
+async fn reopen(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, WorkerError> {
     let owner = ctx
         .owners
         .get(slot.owner_key())
@@ -120,14 +145,7 @@ async fn open(ctx: &PartitionContext, slot: Slot) -> Result<pull::Stream, Worker
     if owner.as_deref() != Some(ctx.member_id.as_bytes()) {
         return Err(WorkerError::NotOwner);
     }
-    let stream = partition_stream(ctx, slot).await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            &slot.kind.consumer_name(slot.partition),
-            consumer_config(ctx, slot),
-        )
-        .await
-        .map_err(WorkerError::infra)?;
+    let consumer = recreate_consumer(ctx, slot).await?;
     pull_from(ctx, &consumer).await
 }
 
@@ -183,12 +201,21 @@ async fn run(
     let beat = (ctx.handlers.config.ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     let mut reopen_at = tokio::time::Instant::now();
+    // The consumer sequence of the last delivery: a jump means deliveries were lost.
+    let mut last_delivery: Option<u64> = None;
     backoff = Duration::from_millis(100);
     loop {
-        if messages.is_none() && !stopping && tokio::time::Instant::now() >= reopen_at {
-            match open(&ctx, slot).await {
+        // Re-open only once every event in hand is settled: the fresh consumer delivers
+        // again whatever is still unacknowledged, in stream order.
+        if messages.is_none()
+            && !stopping
+            && lanes.running() == 0
+            && tokio::time::Instant::now() >= reopen_at
+        {
+            match reopen(&ctx, slot).await {
                 Ok(stream) => {
                     messages = Some(stream);
+                    last_delivery = None;
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -239,6 +266,21 @@ async fn run(
             }
             next = next_message(&mut messages), if messages.is_some() => match next {
                 Some(Ok(message)) => {
+                    let delivery = message.info().map(|i| i.consumer_sequence).unwrap_or(0);
+                    if last_delivery.is_some_and(|last| delivery != last + 1) {
+                        tracing::warn!(
+                            expected = last_delivery.map(|l| l + 1),
+                            got = delivery,
+                            "deliveries lost in transit; reopening so the oldest event comes first"
+                        );
+                        messages = None;
+                        for held in lanes.take_waiting() {
+                            give_back(&ctx, held).await;
+                        }
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        continue;
+                    }
+                    last_delivery = Some(delivery);
                     if let Some(held) = admit(&ctx, slot.kind, message).await {
                         let lane = held.lane.clone();
                         if let Some(ready) = lanes.admit(&lane, held) {
@@ -247,11 +289,19 @@ async fn run(
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "pull failed; reconnecting");
+                    tracing::warn!(error = %e, "pull failed; reopening once the events in hand are settled");
                     messages = None;
+                    for held in lanes.take_waiting() {
+                        give_back(&ctx, held).await;
+                    }
                     reopen_at = tokio::time::Instant::now() + backoff;
                 }
-                None => messages = None,
+                None => {
+                    messages = None;
+                    for held in lanes.take_waiting() {
+                        give_back(&ctx, held).await;
+                    }
+                }
             },
             _ = ticker.tick() => {
                 // Waiting is not idleness: keep every held event from being redelivered.
@@ -259,7 +309,7 @@ async fn run(
                     let _ = held.message.ack_with(AckKind::Progress).await;
                 }
             }
-            _ = tokio::time::sleep_until(reopen_at), if messages.is_none() && !stopping => {}
+            _ = tokio::time::sleep_until(reopen_at), if messages.is_none() && !stopping && lanes.running() == 0 => {}
         }
     }
 }
