@@ -1,7 +1,6 @@
 //! Integration tests: one binary, a module per feature. Each test starts its own nats-server.
 
 mod cli;
-mod cluster;
 mod deploy_metrics;
 mod exactly_once;
 mod helpers;
