@@ -30,14 +30,43 @@ impl Harness {
         let cluster = NatsCluster::start().await;
         // A meta leader is not enough: R3 streams are created only once every node is current.
         cluster.wait_healthy(Duration::from_secs(60)).await?;
-        let r3 = self
+        // The streams and buckets exist before the ingress starts, as they do in production
+        // (the workers and the scheduler create them too). Left to the ingress alone, its event
+        // loops race to create the same R3 streams on a fresh cluster, and the loser's requests
+        // time out (10 s each) until the readiness wait gives up.
+        let env = Env::from_pairs([
+            ("PARTITIONS", o.partitions.to_string()),
+            ("JS_REPLICAS", "3".to_string()),
+        ]);
+        let js = async_nats::jetstream::new(
+            async_nats::connect(cluster.client_url().split(',').collect::<Vec<_>>()).await?,
+        );
+        Topology::new(TopologyConfig::from_env(&env)?)
+            .ensure(&js)
+            .await?;
+        let r3 = match self
             .ingress_with(
                 "r3",
                 &cluster.client_url(),
                 Some(o.partitions),
                 &[("JS_REPLICAS", "3".into())],
             )
-            .await?;
+            .await
+        {
+            Ok(r3) => r3,
+            Err(e) => {
+                // What the servers said is the first thing to read when R3 does not come up.
+                for node in 0..testkit::nats_cluster::NODES {
+                    let log = cluster.log_text(node);
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    eprintln!("--- {} (last lines)", cluster.name(node));
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut subjects = vec![
             self.http_subject("ingress R1", "c1", "ingress-r1", r1, Some(nats))?,
             self.http_subject("ingress R3", "c3", "ingress-r3", r3, None)?,
