@@ -75,15 +75,7 @@ impl Base {
         topology: TopologyConfig,
         needs: &[Resource],
     ) -> Result<Self, async_nats::ConnectError> {
-        Self::connect_with(nats, topology, Readiness::new(needs)).await
-    }
-
-    /// [`Self::connect`] for a [`Readiness`] made earlier (routes built before connecting).
-    pub async fn connect_with(
-        nats: &NatsConfig,
-        topology: TopologyConfig,
-        readiness: Readiness,
-    ) -> Result<Self, async_nats::ConnectError> {
+        let readiness = Readiness::new(needs);
         let client = topology::connect(nats).await?;
         let js = jetstream::new(client.clone());
         let stop_keeper = CancellationToken::new();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
+use shared::contract::EventKind;
 use shared::khoros::KhorosApi;
 use shared::kore::KoreClient;
 use shared::service::{self, Base, Listeners, Supervisor};
@@ -26,7 +27,6 @@ use crate::partition::{self, stuck::Stuck, PartitionContext};
 use crate::progress::ProgressStore;
 use crate::token::TokenSource;
 use crate::turns::Turns;
-use shared::contract::EventKind;
 
 /// The streams and buckets the worker uses; `/readyz` covers exactly these.
 pub const NEEDS: [Resource; 7] = [

@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use serde_json::Value;
 use shared::auth::{Clock, SystemClock};
+use shared::contract::{Envelope, EventKind};
 use shared::kore::KoreClient;
 
 use crate::breaker::Breaker;
@@ -23,7 +24,6 @@ use crate::identity::KoreIdentity;
 use crate::progress::{Claim, ProgressStore, Tracked};
 use crate::reply::{PlanContext, Step};
 use crate::turns::Turns;
-use shared::contract::{Envelope, EventKind};
 
 /// One delivered event: where JetStream holds it, and what its writer put in its headers.
 #[derive(Debug, Clone)]
