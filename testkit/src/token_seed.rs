@@ -21,12 +21,20 @@ pub async fn seed_token(nats_url: &str, env: &Env, token: &str) -> anyhow::Resul
         source: "seed".into(),
     };
     let kv = js.get_key_value(buckets::TOKENS).await?;
-    match kv
-        .create(TOKEN_KEY, serde_json::to_vec(&record)?.into())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e.into()),
+    // A bucket just created on a cluster may not have elected its leader yet ("no
+    // responders"): try again for a while, as the services' own retries would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match kv
+            .create(TOKEN_KEY, serde_json::to_vec(&record)?.into())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                return Ok(())
+            }
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
     }
 }

@@ -289,6 +289,7 @@ async fn pick(cluster: &NatsCluster, stream: Option<&str>) -> usize {
 /// Default: 60 messages/s for a short run; `BRIDGE_CLUSTER_RATE=200` and
 /// `BRIDGE_CLUSTER_SECONDS` (steady load between faults, default 3) for the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "three-node cluster under load: needs a quiet machine; run with --ignored (README, Clustered JetStream)"]
 async fn the_pipeline_survives_the_loss_of_any_node() {
     let _one = ONE_CLUSTER.lock().await;
     let rate = env_secs("BRIDGE_CLUSTER_RATE", 60.0);
@@ -555,6 +556,7 @@ const WEEK_MS: i64 = 7 * 86_400_000;
 /// it runs out and rotates, the cut one stops rotating, and after the cut heals every rotation
 /// period still costs exactly one refresh call at khoros-sim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "three-node cluster under load: needs a quiet machine; run with --ignored (README, Clustered JetStream)"]
 async fn a_network_cut_does_not_split_the_token_lease() {
     let _one = ONE_CLUSTER.lock().await;
     let mut cluster = NatsCluster::start().await;
