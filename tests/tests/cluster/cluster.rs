@@ -16,7 +16,6 @@ use kore_sim::{KoreSim, KoreSimConfig};
 use scheduler::records::AttemptStatus;
 use shared::auth::{Clock, ManualClock};
 use shared::config::Env;
-use shared::service::Listeners;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::topology::{buckets, Topology, TopologyConfig, EVENTS_STREAM};
 use shared::Secret;
@@ -51,32 +50,9 @@ async fn start_scheduler(
 ) -> (TestScheduler, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let config = scheduler::SchedulerConfig::from_env_with_clock(&Env::from_pairs(vars), clock)
         .expect("valid scheduler config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let app = scheduler::App::build_with(
-        config.clone(),
-        Listeners {
-            main: listener,
-            metrics: None,
-        },
-    )
-    .await
-    .expect("build scheduler");
-    let base = format!("http://{}", app.local_addr());
-    let status = app.status();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    crate::helpers::wait_ready(&base, "scheduler /readyz to answer 200").await;
-    (
-        TestScheduler {
-            config,
-            base,
-            status,
-            shutdown,
-        },
-        task,
-    )
+    let (scheduler, task) = TestScheduler::start(config).await;
+    crate::helpers::wait_ready(&scheduler.base, "scheduler /readyz to answer 200").await;
+    (scheduler, task)
 }
 
 /// One webhook request of the load: when it was sent, what the ingress answered, when.

@@ -33,6 +33,37 @@ pub struct TestScheduler {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+impl TestScheduler {
+    /// A scheduler `App` on `config`, run in a task (returned, for tests that end it).
+    pub async fn start(
+        config: scheduler::SchedulerConfig,
+    ) -> (Self, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app = scheduler::App::build_with(
+            config.clone(),
+            Listeners {
+                main: listener,
+                metrics: None,
+            },
+        )
+        .await
+        .expect("build scheduler");
+        let base = format!("http://{}", app.local_addr());
+        let status = app.status();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let scheduler = TestScheduler {
+            config,
+            base,
+            status,
+            shutdown,
+        };
+        (scheduler, task)
+    }
+}
+
 impl Stack {
     /// Starts a scheduler against this stack; `extra` overrides its settings.
     pub async fn scheduler(&self, extra: &[(&str, &str)]) -> TestScheduler {
@@ -49,28 +80,7 @@ impl Stack {
             std::sync::Arc::new(shared::auth::SystemClock),
         )
         .expect("valid scheduler config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let app = scheduler::App::build_with(
-            config.clone(),
-            Listeners {
-                main: listener,
-                metrics: None,
-            },
-        )
-        .await
-        .expect("build scheduler");
-        let base = format!("http://{}", app.local_addr());
-        let status = app.status();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        TestScheduler {
-            config,
-            base,
-            status,
-            shutdown,
-        }
+        TestScheduler::start(config).await.0
     }
 
     /// Starts everything with one worker; `worker_extra` overrides worker settings,
