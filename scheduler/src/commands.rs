@@ -37,6 +37,8 @@ pub enum CommandError {
     NoToken,
     #[error("scheduler {holder} is rotating the token right now; try again in a minute")]
     Busy { holder: String },
+    #[error("NATS answered with a token older than the last rotation (a replica catching up); try again in a few seconds")]
+    StaleRead,
 }
 
 /// Connects and opens the buckets, within [`NATS_TIMEOUT`].
@@ -79,6 +81,7 @@ pub async fn rotate_now(config: &SchedulerConfig) -> Result<RotationReport, Comm
     match rotator.check(true).await? {
         CheckOutcome::Attempted(report) => Ok(report),
         CheckOutcome::Idle(Decision::InProgress { holder }) => Err(CommandError::Busy { holder }),
+        CheckOutcome::Idle(Decision::StaleToken { .. }) => Err(CommandError::StaleRead),
         CheckOutcome::Idle(_) => Err(CommandError::NoToken),
     }
 }

@@ -133,10 +133,11 @@ impl Rotator {
         }
     }
 
-    /// Reads the attempt record, then the token (the order the fence relies on).
+    /// Reads the attempt record, then the token (the order the fence relies on), both from
+    /// the bucket's leader: a lagging replica could pair a fresh record with a stale token.
     pub async fn snapshot(&self) -> Result<Snapshot, KvError> {
-        let last = kv::read::<RotationState>(&self.tokens, STATE_KEY).await?;
-        let token = kv::read::<TokenRecord>(&self.tokens, TOKEN_KEY).await?;
+        let last = kv::read_from_leader::<RotationState>(&self.tokens, STATE_KEY).await?;
+        let token = kv::read_from_leader::<TokenRecord>(&self.tokens, TOKEN_KEY).await?;
         Ok(Snapshot { last, token })
     }
 

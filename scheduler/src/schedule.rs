@@ -35,6 +35,10 @@ pub enum Decision {
     InProgress { holder: String },
     /// The last attempt for this token failed; try again at `until_ms`.
     BackingOff { until_ms: i64, last: AttemptStatus },
+    /// The last attempt already rotated the token read (its record names it as its base): the
+    /// token was read from a replica lagging behind that record. Refreshing it again would
+    /// mint a second token for one period, so nothing is done until a read is current.
+    StaleToken { revision: u64 },
 }
 
 fn ms(d: Duration) -> i64 {
@@ -78,6 +82,7 @@ impl SchedulePolicy {
         };
         if let Some(last) = last.filter(|l| l.base_revision == revision) {
             match last.status {
+                AttemptStatus::Success => return Decision::StaleToken { revision },
                 AttemptStatus::InProgress
                     if now_ms < last.started_at_ms.saturating_add(ms(self.claim_timeout)) =>
                 {
@@ -217,6 +222,27 @@ mod tests {
         // A claim on an older revision says nothing about this token.
         assert_eq!(
             policy().decide(Some((&t, 6)), Some(&claim), now, false),
+            Decision::Rotate(Reason::Scheduled)
+        );
+    }
+
+    /// A record of a successful rotation from this very token means the token was read from
+    /// a replica behind that record: refreshing it again (its grace is still running) would
+    /// mint a second token in one period, forced or not.
+    #[test]
+    fn a_token_the_record_says_was_rotated_is_never_rotated_again() {
+        let t = token(T0, 0);
+        let now = T0 + 8 * DAY;
+        let done = attempt(AttemptStatus::Success, 5, now - 1000);
+        for force in [false, true] {
+            assert_eq!(
+                policy().decide(Some((&t, 5)), Some(&done), now, force),
+                Decision::StaleToken { revision: 5 }
+            );
+        }
+        // The token that rotation wrote is judged by the schedule as usual.
+        assert_eq!(
+            policy().decide(Some((&t, 6)), Some(&done), now, false),
             Decision::Rotate(Reason::Scheduled)
         );
     }

@@ -249,6 +249,10 @@ fn log_decision(decision: &Decision, previous: Option<&Decision>) {
             last_result = last.label(),
             "last rotation failed; waiting before the next attempt"
         ),
+        Decision::StaleToken { revision } => tracing::warn!(
+            revision,
+            "the token read is older than the recorded rotation; reading again at the next check"
+        ),
         Decision::Rotate(_) => {}
     }
 }

@@ -71,6 +71,40 @@ pub async fn read<T: DeserializeOwned>(
     }))
 }
 
+/// Reads `key` as the bucket's stream leader has it (`STREAM.MSG.GET`), not as any replica
+/// does: on replicated buckets `Store::entry` asks every replica (`DIRECT.GET`, local one
+/// first), and a replica still catching up (a node back from a network cut) answers with what
+/// it had. For the reads a fence relies on (the scheduler's rotation record and token).
+pub async fn read_from_leader<T: DeserializeOwned>(
+    store: &Store,
+    key: &str,
+) -> Result<Option<Versioned<T>>, KvError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", store.prefix);
+    let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(KvError::nats(key, e)),
+    };
+    // A delete or purge marker (or a limit marker) is a header on an empty message.
+    let removed = message
+        .headers
+        .get("KV-Operation")
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+        || message.headers.get("Nats-Marker-Reason").is_some();
+    if removed {
+        return Ok(None);
+    }
+    let value = serde_json::from_slice(&message.payload).map_err(|source| KvError::Decode {
+        key: key.into(),
+        source,
+    })?;
+    Ok(Some(Versioned {
+        value,
+        revision: message.sequence,
+    }))
+}
+
 /// Reads `key` for a read-modify-write: the value, or the default when it is absent or
 /// unreadable (an unreadable record is replaced, not fatal), and the revision a CAS write must
 /// name (`None` when absent, deleted or purged).
