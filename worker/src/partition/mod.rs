@@ -8,6 +8,7 @@
 //! many events are handled (call Kore.ai and Khoros) at once.
 
 pub mod lanes;
+pub mod order;
 pub mod stuck;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::lanes::Lanes;
+use self::order::DeliveryOrder;
 use self::stuck::{HeldId, Stuck};
 use crate::error::WorkerError;
 use crate::handler::{Delivered, Handlers, Settle};
@@ -201,8 +203,7 @@ async fn run(
     let beat = (ctx.handlers.config.ack_wait / 3).max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     let mut reopen_at = tokio::time::Instant::now();
-    // The consumer sequence of the last delivery: a jump means deliveries were lost.
-    let mut last_delivery: Option<u64> = None;
+    let mut order = DeliveryOrder::fresh();
     backoff = Duration::from_millis(100);
     loop {
         // Re-open only once every event in hand is settled: the fresh consumer delivers
@@ -215,7 +216,7 @@ async fn run(
             match reopen(&ctx, slot).await {
                 Ok(stream) => {
                     messages = Some(stream);
-                    last_delivery = None;
+                    order = DeliveryOrder::fresh();
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -266,11 +267,11 @@ async fn run(
             }
             next = next_message(&mut messages), if messages.is_some() => match next {
                 Some(Ok(message)) => {
-                    let delivery = message.info().map(|i| i.consumer_sequence).unwrap_or(0);
-                    if last_delivery.is_some_and(|last| delivery != last + 1) {
+                    let delivery = message.info().ok().map(|i| i.consumer_sequence);
+                    if let Err(gap) = order.next(delivery) {
                         tracing::warn!(
-                            expected = last_delivery.map(|l| l + 1),
-                            got = delivery,
+                            expected = gap.expected,
+                            got = gap.got,
                             "deliveries lost in transit; reopening so the oldest event comes first"
                         );
                         messages = None;
@@ -280,7 +281,6 @@ async fn run(
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                         continue;
                     }
-                    last_delivery = Some(delivery);
                     if let Some(held) = admit(&ctx, slot.kind, message).await {
                         let lane = held.lane.clone();
                         if let Some(ready) = lanes.admit(&lane, held) {
