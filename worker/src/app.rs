@@ -129,6 +129,7 @@ async fn handlers(
             retry: config.khoros_retry,
             app_id: config.app_id.clone(),
             call_timeout: config.khoros_timeout,
+            log: crate::delivery::RequestLog::default(),
         },
         kore: KoreClient::new(config.kore.clone()),
         identity: KoreIdentity::new(config.kore_user_id_key.clone()),

@@ -124,6 +124,62 @@ pub struct Delivery {
     pub app_id: String,
     /// `KHOROS_TIMEOUT`: a call claimed before a crash may still be running this long.
     pub call_timeout: Duration,
+    /// The request log as last listed, shared by every resolution of this replica.
+    pub log: RequestLog,
+}
+
+/// Khoros' request log of this app's Bot API calls, as this replica last listed it. A listing
+/// covers minutes of every call the app made, so it grows with traffic; in a storm of lost
+/// answers (Khoros slowing down, partitions moving mid-reply) one listing per resolution would
+/// add load exactly when Khoros has least to spare. So resolutions share: a listing asked for
+/// after the moment a resolution needs serves it, and while one is in flight the others wait
+/// for it instead of asking too.
+#[derive(Clone, Default)]
+pub struct RequestLog {
+    latest: std::sync::Arc<tokio::sync::Mutex<Option<Listing>>>,
+}
+
+struct Listing {
+    /// When it was asked for, epoch ms: it shows every call that finished before.
+    asked_at_ms: i64,
+    /// The oldest creation time it covers, epoch ms.
+    since_ms: i64,
+    records: std::sync::Arc<Vec<Value>>,
+}
+
+impl RequestLog {
+    /// Records created since `since_ms`, from a listing asked for at `fresh_from_ms` or later.
+    async fn since(
+        &self,
+        delivery: &Delivery,
+        since_ms: i64,
+        fresh_from_ms: i64,
+    ) -> Result<std::sync::Arc<Vec<Value>>, Undecided> {
+        let mut latest = self.latest.lock().await;
+        if let Some(l) = latest
+            .as_ref()
+            .filter(|l| l.asked_at_ms >= fresh_from_ms && l.since_ms <= since_ms)
+        {
+            metrics::counter!(telemetry::REQUEST_LOG_LISTINGS, "result" => "shared").increment(1);
+            return Ok(l.records.clone());
+        }
+        let token = delivery.token.current().ok_or(Undecided::NoToken)?;
+        let asked_at_ms = now_ms();
+        let minutes = ((asked_at_ms - since_ms).max(0) / 60_000 + 2).min(LOG_MAX_MINUTES);
+        let records = delivery
+            .api
+            .recent_bot_requests(&token, &delivery.app_id, &format!("{minutes}m"))
+            .await
+            .map_err(|e| Undecided::LogUnreadable(e.to_string()))?;
+        metrics::counter!(telemetry::REQUEST_LOG_LISTINGS, "result" => "listed").increment(1);
+        let records = std::sync::Arc::new(records);
+        *latest = Some(Listing {
+            asked_at_ms,
+            since_ms: asked_at_ms - minutes * 60_000,
+            records: records.clone(),
+        });
+        Ok(records)
+    }
 }
 
 impl Delivery {
@@ -172,15 +228,20 @@ impl Delivery {
             })
             .count();
         let mut delays = self.retry.delays();
+        let mut fresh_from = wait_until;
         let resolution = loop {
-            let why = match self.lookup(body, since).await {
+            let why = match self.lookup(body, since, fresh_from).await {
                 Ok((sent, _)) if sent > earlier => break Resolution::Sent,
                 Ok((_, 0)) => break Resolution::NotSent,
                 Ok(_) => Undecided::StillPending,
                 Err(e) => e,
             };
             match delays.next() {
-                Some(wait) => tokio::time::sleep(wait).await,
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    // Asking again means a listing newer than the last one seen.
+                    fresh_from = now_ms();
+                }
                 None => break Resolution::Unknown(why),
             }
         };
@@ -198,17 +259,17 @@ impl Delivery {
         resolution
     }
 
-    /// Non-`ERROR` and `PENDING` records of this exact body created since `since_ms`.
-    async fn lookup(&self, body: &Value, since_ms: i64) -> Result<(usize, usize), Undecided> {
-        let token = self.token.current().ok_or(Undecided::NoToken)?;
-        let minutes = ((now_ms() - since_ms).max(0) / 60_000 + 2).min(LOG_MAX_MINUTES);
-        let records = self
-            .api
-            .recent_bot_requests(&token, &self.app_id, &format!("{minutes}m"))
-            .await
-            .map_err(|e| Undecided::LogUnreadable(e.to_string()))?;
+    /// Non-`ERROR` and `PENDING` records of this exact body created since `since_ms`, in a
+    /// listing asked for at `fresh_from_ms` or later.
+    async fn lookup(
+        &self,
+        body: &Value,
+        since_ms: i64,
+        fresh_from_ms: i64,
+    ) -> Result<(usize, usize), Undecided> {
+        let records = self.log.since(self, since_ms, fresh_from_ms).await?;
         let (mut sent, mut pending) = (0, 0);
-        for record in &records {
+        for record in records.iter() {
             let payload = record
                 .get("payload")
                 .and_then(Value::as_str)

@@ -32,5 +32,8 @@ pub const LIVE_MEMBERS: &str = "worker_live_members";
 /// Counter, label `result` (sent, not_sent, unknown): lost `/respond` answers resolved
 /// against Khoros' request log.
 pub const RESOLUTIONS: &str = "worker_delivery_resolutions_total";
+/// Counter, label `result` (listed, shared): request-log listings those resolutions made, and
+/// the ones they took from a listing another resolution had just made.
+pub const REQUEST_LOG_LISTINGS: &str = "worker_request_log_listings_total";
 /// Counter: token swaps seen in KV.
 pub const TOKEN_SWAPS: &str = "worker_token_swaps_total";

@@ -840,13 +840,16 @@ async fn request_list(
             }
         }
         let since = shared.now_ms() - from_ms;
-        let state = shared.lock();
-        let records: Vec<&RequestRecord> = state
+        // Copied out under the lock, serialised after it: a long listing must not stall the
+        // calls it is asked about.
+        let records: Vec<RequestRecord> = shared
+            .lock()
             .log
             .iter()
             .filter(|r| r.app_id == app_id && r.created_epoch_millis >= since)
             .filter(|r| states.is_empty() || states.contains(&r.state))
             .filter(|r| origin.is_none_or(|o| o == r.origin))
+            .cloned()
             .collect();
         Ok(Json(json!({ "data": records })).into_response())
     })();

@@ -271,6 +271,75 @@ async fn lost_respond_answer_503_after_effect_is_not_resent() {
     .await;
 }
 
+/// A storm of lost answers: Khoros acts on 24 replies at once but answers each with a 503, and
+/// its request log is slow to list (300 ms). Each reply is resolved against the log and
+/// arrives exactly once, but the worker does not list the log once per reply: resolutions
+/// waiting while a listing is made share the next one, so Khoros sees a few listings, not 24.
+#[tokio::test]
+async fn a_storm_of_lost_answers_shares_request_log_listings() {
+    const N: usize = 24;
+    let stack =
+        Stack::start_without_workers(&[("KHOROS_TIMEOUT", "2s")], &[], KoreSimConfig::default())
+            .await;
+    let worker = WorkerProc::spawn(&stack.worker_vars()).await;
+    stack
+        .khoros
+        .add_fault(Fault::status("respond", 503).after().times(N as u32))
+        .expect("fault");
+    let slow_log = stack
+        .khoros
+        .add_fault(Fault::latency("request", Duration::from_millis(300)))
+        .expect("latency fault");
+    let authors: Vec<String> = (0..N).map(|i| format!("eo-storm-{i}")).collect();
+    for author in &authors {
+        stack.khoros.send_text(author, "hello").expect("inject");
+    }
+    for author in &authors {
+        assert_eq!(
+            stack.replies(author, 1).await,
+            ["You said: hello"],
+            "{author}"
+        );
+    }
+    assert!(
+        stack.khoros.faults().iter().all(|f| f.id == slow_log),
+        "every 503 was used"
+    );
+    // The replies show before their senders have resolved what became of them.
+    let sent = wait::until(WAIT, "every lost answer to be resolved", || async {
+        let sent = worker
+            .metric("worker_delivery_resolutions_total", "result=\"sent\"")
+            .await;
+        (sent >= N as f64).then_some(sent)
+    })
+    .await;
+    let listed = worker
+        .metric("worker_request_log_listings_total", "result=\"listed\"")
+        .await;
+    let shared = worker
+        .metric("worker_request_log_listings_total", "result=\"shared\"")
+        .await;
+    let asked = stack
+        .khoros
+        .faults()
+        .iter()
+        .find(|f| f.id == slow_log)
+        .map_or(0, |f| f.applied);
+    eprintln!(
+        "RELIABILITY lost-answer-storm: replies={N} respond_calls={} resolutions sent={sent} \
+         request-log listings={listed} shared={shared} asked_of_khoros={asked}",
+        respond_calls(&stack)
+    );
+    assert_eq!(respond_calls(&stack), N, "no reply sent twice");
+    assert_eq!(sent, N as f64, "every lost answer resolved as sent");
+    assert_eq!(listed + shared, N as f64, "one lookup per resolution");
+    assert_eq!(asked as f64, listed, "what Khoros saw");
+    assert!(
+        listed <= (N / 3) as f64,
+        "{listed} listings for {N} resolutions"
+    );
+}
+
 /// `/respond` took effect but its answer came after `KHOROS_TIMEOUT`: not sent again.
 #[tokio::test]
 async fn lost_respond_answer_timeout_after_effect_is_not_resent() {
