@@ -91,7 +91,12 @@ impl App {
         .with_client(base.client.clone());
         let max_payload = body.max_payload();
         let turns = Turns::new(base.js.clone(), base.readiness.clone());
-        let publisher = Publisher::new(base.js.clone(), base.readiness.clone(), metrics.clone());
+        let publisher = Publisher::new(
+            base.js.clone(),
+            config.store_deadline,
+            base.readiness.clone(),
+            metrics.clone(),
+        );
         let state = AppState {
             intake: Intake::new(
                 config.auth.clone(),

@@ -36,8 +36,11 @@ pub struct IngressConfig {
     pub max_connections: usize,
     /// `INGRESS_WORKER_THREADS`: event loops, one thread each (default: one per core).
     pub worker_threads: Option<usize>,
-    /// `PUBLISH_TIMEOUT`: a PubAck slower than this is a 503.
+    /// `PUBLISH_TIMEOUT`: how long one publish attempt waits for its PubAck.
     pub publish_timeout: Duration,
+    /// `STORE_DEADLINE`: how long one event is tried (attempts that found no stream leader
+    /// are made again) before the answer is 503. At least `PUBLISH_TIMEOUT`.
+    pub store_deadline: Duration,
     /// `SHUTDOWN_TIMEOUT`: how long in-flight requests may take after SIGTERM.
     pub shutdown_timeout: Duration,
     /// `KORE_CALLBACK_TOKEN` (+`_FILE`) and `KORE_CALLBACK_HEADER`: enables `/kore/callback`
@@ -94,6 +97,16 @@ impl IngressConfig {
                 reason: "must start with /".into(),
             });
         }
+        let publish_timeout = env.duration("PUBLISH_TIMEOUT", Duration::from_secs(2))?;
+        // Under Khoros' delivery timeout (about 10 s), over a JetStream election (4 to 9 s).
+        let store_deadline = env.duration("STORE_DEADLINE", Duration::from_secs(8))?;
+        if store_deadline < publish_timeout {
+            return Err(ConfigError::Invalid {
+                name: "STORE_DEADLINE".into(),
+                value: format!("{store_deadline:?}"),
+                reason: format!("must be at least PUBLISH_TIMEOUT ({publish_timeout:?})"),
+            });
+        }
         Ok(Self {
             listen: env.parse("INGRESS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             metrics_listen: env.parse("METRICS_LISTEN", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
@@ -108,7 +121,8 @@ impl IngressConfig {
                 Some(_) => Some(env.parse("INGRESS_WORKER_THREADS", 0)?).filter(|&n| n > 0),
                 None => None,
             },
-            publish_timeout: env.duration("PUBLISH_TIMEOUT", Duration::from_secs(2))?,
+            publish_timeout,
+            store_deadline,
             shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?,
             kore_callback: env
                 .secret("KORE_CALLBACK_TOKEN")?

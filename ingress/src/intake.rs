@@ -5,7 +5,6 @@
 //! Only [`Intake::accept`] publishes, and only after the credentials were verified, so an
 //! unauthenticated body never reaches JetStream.
 
-use async_nats::HeaderMap as NatsHeaders;
 use axum::extract::Request;
 use axum::http::{header, request::Parts};
 use bytes::Bytes;
@@ -83,10 +82,10 @@ impl Intake {
         let body = self.body.read(body).await?;
         let verified = self.verify(&parts, &body)?;
         let route = self.route(&body, request_id)?;
-        let nats_headers = stored_headers(&route, request_id, received_at_ms, &verified);
+        let envelope = stored_envelope(&route, request_id, received_at_ms, &verified);
         let stored = self
             .publisher
-            .publish(route.subject, nats_headers, body)
+            .publish(route.subject, &envelope, body)
             .await?;
         if stored.duplicate {
             self.metrics.duplicates.increment(1);
@@ -143,12 +142,12 @@ impl Intake {
 }
 
 /// The headers stored with an event (the contract with the worker, [`Envelope`]).
-fn stored_headers(
+fn stored_envelope(
     route: &Route,
     request_id: Option<&str>,
     received_at_ms: i64,
     verified: &Verified,
-) -> NatsHeaders {
+) -> Envelope {
     Envelope {
         message_id: Some(route.message_id.clone()),
         request_id: request_id.map(str::to_owned),
@@ -156,5 +155,4 @@ fn stored_headers(
         signature_digest: verified.signature.as_ref().map(|s| signature_digest(s)),
         ..Envelope::default()
     }
-    .to_headers()
 }

@@ -138,7 +138,7 @@ pub async fn store(
     publisher
         .publish(
             subject::kore_replies(to.unwrap_or_default(), partitions),
-            envelope.to_headers(),
+            &envelope,
             body,
         )
         .await

@@ -11,6 +11,9 @@ pub const REQUESTS: &str = "ingress_requests_total";
 pub const REQUEST_SECONDS: &str = "ingress_request_duration_seconds";
 /// Histogram: publish-to-PubAck time, seconds.
 pub const PUBLISH_SECONDS: &str = "ingress_publish_duration_seconds";
+/// Counter: publish attempts made again because the first found no stream leader, got no
+/// PubAck in time, or lost its connection (`STORE_DEADLINE`).
+pub const PUBLISH_RETRIES: &str = "ingress_publish_retries_total";
 /// Counter: events JetStream reported as duplicates (same request id within the window).
 pub const DUPLICATES: &str = "ingress_duplicates_total";
 /// Counter, label `reason`: why authentication failed.
@@ -37,6 +40,7 @@ pub struct HotMetrics {
     pub duplicates: Counter,
     pub request_seconds: Histogram,
     pub publish_seconds: Histogram,
+    pub publish_retries: Counter,
     stored: [Counter; 4],
 }
 
@@ -49,6 +53,7 @@ impl HotMetrics {
             duplicates: metrics::counter!(DUPLICATES),
             request_seconds: metrics::histogram!(REQUEST_SECONDS),
             publish_seconds: metrics::histogram!(PUBLISH_SECONDS),
+            publish_retries: metrics::counter!(PUBLISH_RETRIES),
             stored: KINDS.map(|label| metrics::counter!(EVENTS_STORED, "type" => label)),
         }
     }

@@ -83,4 +83,22 @@ fn usage_and_configuration_errors_have_their_own_exit_codes() {
     let out = run(SCHEDULER, &["token-status"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("KHOROS_APP_ID"));
+    // A store deadline shorter than one attempt's PubAck deadline could never be honoured.
+    let out = Command::new(INGRESS)
+        .env_clear()
+        .envs([
+            ("KHOROS_AUTH", "basic"),
+            ("KHOROS_BASIC_USER", "u"),
+            ("KHOROS_BASIC_PASSWORD", "p"),
+            ("PUBLISH_TIMEOUT", "2s"),
+            ("STORE_DEADLINE", "1s"),
+        ])
+        .output()
+        .expect("run the ingress");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("STORE_DEADLINE") && stderr.contains("PUBLISH_TIMEOUT"),
+        "{stderr}"
+    );
 }

@@ -59,6 +59,8 @@ impl TestIngress {
             ("KHOROS_BASIC_USER".into(), BASIC_USER.into()),
             ("KHOROS_BASIC_PASSWORD".into(), BASIC_PASSWORD.into()),
             ("PUBLISH_TIMEOUT".into(), "750ms".into()),
+            // An outage is answered 503 within a PubAck deadline, as the tests expect.
+            ("STORE_DEADLINE".into(), "750ms".into()),
             ("SHUTDOWN_TIMEOUT".into(), "2s".into()),
         ];
         let env = Env::from_pairs(with_overrides(vars, extra));

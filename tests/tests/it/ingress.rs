@@ -406,6 +406,62 @@ async fn nats_outage_gives_503_then_recovers_without_restart() {
     ingress.stop().await;
 }
 
+/// A store outage shorter than `STORE_DEADLINE` (a clustered stream electing a leader looks the
+/// same: no responders, no PubAck) is waited out: the webhook sent during it is held, stored
+/// once when NATS is back, and answered 202 "accepted", not 503 (which Khoros would count
+/// as a failed delivery and hand the conversation to an agent).
+#[tokio::test]
+async fn an_outage_shorter_than_the_store_deadline_is_waited_out() {
+    let mut nats = NatsServer::start();
+    let ingress = TestIngress::start(&nats, &[("STORE_DEADLINE", "20s")]).await;
+    assert_eq!(
+        ingress
+            .send(&message_event("u-held", "before"), Some("held-0"))
+            .await
+            .0,
+        202
+    );
+    nats.stop();
+    let sent = std::time::Instant::now();
+    let held = tokio::spawn({
+        let (signer, http) = (ingress.signer.clone(), ingress.http.clone());
+        async move {
+            let body = message_event("u-held", "during the outage");
+            let response = signer
+                .request(&http, body.as_bytes(), Some("held-1"))
+                .send()
+                .await
+                .expect("answered");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    });
+    // The outage: twice the PubAck deadline of one attempt (750 ms in these tests), so only
+    // an attempt made again after it can store the event.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!held.is_finished(), "the webhook is held, not refused");
+    nats.restart();
+    let (status, text) = tokio::time::timeout(Duration::from_secs(25), held)
+        .await
+        .expect("answered within STORE_DEADLINE")
+        .expect("join");
+    assert_eq!(status, 202, "{text}");
+    assert!(
+        text.contains("accepted"),
+        "a first delivery, not a duplicate: {text}"
+    );
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+    let ids: Vec<String> = stored(&nats)
+        .await
+        .iter()
+        .filter_map(|m| header(m, headers::MSG_ID))
+        .collect();
+    assert_eq!(ids, vec!["held-0".to_string(), "held-1".to_string()]);
+    ingress.stop().await;
+}
+
 /// The x-amzn-RequestId must be sane; a malformed one is a 400, not a crash.
 #[tokio::test]
 async fn oversized_request_id_is_a_bad_request() {
