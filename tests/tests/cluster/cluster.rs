@@ -65,6 +65,8 @@ struct Sent {
     /// 0: no answer (timeout or connection error).
     status: u16,
     request_id: String,
+    /// Why there was no answer.
+    error: Option<String>,
 }
 
 fn author(conversation: usize) -> String {
@@ -87,7 +89,11 @@ fn start_load(
     let log = Arc::new(Mutex::new(Vec::new()));
     let period = Duration::from_secs_f64(conversations as f64 / rate);
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        // Khoros' delivery timeout (about 10 s, docs/vendors/khoros-webhooks.md).
+        .timeout(Duration::from_secs(10))
+        // Shorter than the ingress' keep-alive (`HEADER_READ_TIMEOUT`, 10 s), as a client's
+        // should be: a connection reused just as the server closes it is reset.
+        .pool_idle_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(conversations)
         .build()
         .expect("http client");
@@ -105,13 +111,15 @@ fn start_load(
                     let body = message_event(&author(c), &text(c, index));
                     let request_id = uuid::Uuid::new_v4().to_string();
                     let sent_at = Instant::now();
-                    let status = ingress
+                    let (status, error) = match ingress
                         .signer
                         .request(&http, body.as_bytes(), Some(&request_id))
                         .send()
                         .await
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
+                    {
+                        Ok(r) => (r.status().as_u16(), None),
+                        Err(e) => (0, Some(format!("{e:?}"))),
+                    };
                     log.lock().unwrap().push(Sent {
                         conversation: c,
                         index,
@@ -119,6 +127,7 @@ fn start_load(
                         done_at: Instant::now(),
                         status,
                         request_id,
+                        error,
                     });
                     index += 1;
                     next = (next + period).max(tokio::time::Instant::now());
@@ -129,7 +138,8 @@ fn start_load(
     (log, tasks)
 }
 
-/// Windows of refusals: maximal runs of non-202 answers in send order, as (start, end).
+/// Windows of refusals: maximal runs of non-202 answers in send order, each from its first
+/// refusal's answer to its last's, as (start, end, count): how long the ingress kept refusing.
 fn refusal_windows(sent: &[Sent]) -> Vec<(Instant, Instant, usize)> {
     let mut sorted: Vec<&Sent> = sent.iter().collect();
     sorted.sort_by_key(|s| s.sent_at);
@@ -142,8 +152,8 @@ fn refusal_windows(sent: &[Sent]) -> Vec<(Instant, Instant, usize)> {
             }
         } else {
             current = Some(match current {
-                Some((start, end, n)) => (start, end.max(s.done_at), n + 1),
-                None => (s.sent_at, s.done_at, 1),
+                Some((start, end, n)) => (start.min(s.done_at), end.max(s.done_at), n + 1),
+                None => (s.done_at, s.done_at, 1),
             });
         }
     }
@@ -224,6 +234,8 @@ fn audit(khoros: &KhorosSim, sent: &[Sent], conversations: usize) -> Audit {
 #[derive(Debug)]
 struct FaultFigures {
     what: String,
+    /// When the node was killed, from the start of the load.
+    at: Duration,
     node: String,
     /// SIGKILL until `JetStream` names a new leader of the stream concerned.
     election: Duration,
@@ -231,6 +243,9 @@ struct FaultFigures {
     rejoin: Duration,
     refused: usize,
     longest_window: Duration,
+    /// The longest an accepted event waited for its 202 (the ingress holds a webhook while
+    /// the stream elects a leader, `STORE_DEADLINE`).
+    longest_hold: Duration,
 }
 
 /// The node to kill for `what`: the leader of `stream`, or (for `None`) a node leading
@@ -258,14 +273,14 @@ async fn pick(cluster: &NatsCluster, stream: Option<&str>) -> usize {
 
 /// Under a steady stream of messages with a 200 ms bot, the node leading `KHOROS_EVENTS` is
 /// SIGKILLed and restarted, then the node leading the partitions bucket, then a follower.
-/// Every event the ingress answered 202 is answered once, in order; the ingress refuses (503,
-/// never anything else) only while a leader is being elected; the workers' consumers and the
+/// Every event the ingress answered 202 is answered once, in order; the ingress holds webhooks
+/// while a leader is being elected (`STORE_DEADLINE`) and refuses (503, never anything else)
+/// for at most 5 s in a row, only what an election outlasts; the workers' consumers and the
 /// scheduler's lease recover with no service restarted, and a rotation afterwards works.
 ///
 /// Default: 60 messages/s for a short run; `BRIDGE_CLUSTER_RATE=200` and
 /// `BRIDGE_CLUSTER_SECONDS` (steady load between faults, default 3) for the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "three-node cluster under load: needs a quiet machine; run with --ignored (README, Clustered JetStream)"]
 async fn the_pipeline_survives_the_loss_of_any_node() {
     let _one = ONE_CLUSTER.lock().await;
     let rate = env_secs("BRIDGE_CLUSTER_RATE", 60.0);
@@ -274,7 +289,10 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
     let mut cluster = NatsCluster::start().await;
     let url = cluster.client_url();
     let topology = [("JS_REPLICAS", "3"), ("PARTITIONS", "16")];
-    let ingress = TestIngress::start_at(&url, &topology).await;
+    let mut ingress_vars = topology.to_vec();
+    // The production defaults: attempts of 2 s, retried through an election for 8 s.
+    ingress_vars.extend([("PUBLISH_TIMEOUT", "2s"), ("STORE_DEADLINE", "8s")]);
+    let ingress = TestIngress::start_at(&url, &ingress_vars).await;
     let khoros = KhorosSim::start(
         KhorosSimConfig::default()
             .with_token(TEST_TOKEN)
@@ -363,10 +381,17 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         let windows = refusal_windows(&in_fault);
         faults.push(FaultFigures {
             what: what.into(),
+            at: from - started,
             node: cluster.name(victim).into(),
             election,
             rejoin,
             refused: in_fault.iter().filter(|s| s.status != 202).count(),
+            longest_hold: in_fault
+                .iter()
+                .filter(|s| s.status == 202)
+                .map(|s| s.done_at - s.sent_at)
+                .max()
+                .unwrap_or_default(),
             longest_window: windows
                 .iter()
                 .map(|(s, e, _)| *e - *s)
@@ -382,7 +407,7 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
     let load_s = started.elapsed();
     let sent = log.lock().unwrap().clone();
     let statuses: Vec<u16> = sent.iter().map(|s| s.status).collect();
-    // 0: no answer within the client's 5 s (an overloaded machine); Khoros retries those too.
+    // 0: no answer within the client's 10 s (an overloaded machine); Khoros retries those too.
     let timeouts = statuses.iter().filter(|&&s| s == 0).count();
     let other: Vec<u16> = statuses
         .iter()
@@ -398,18 +423,12 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
             .map(|c| khoros.messages(author(c).as_str()).len())
             .sum::<usize>()
     };
-    // Bounded; on timeout the figures are still printed and the loss assertion fails.
-    let drained = tokio::time::timeout(
-        Duration::from_secs(90),
-        wait::until(
-            Duration::from_secs(90),
-            "every accepted event to be answered",
-            || async {
-                let a = audit(&khoros, &sent, conversations);
-                (a.lost == 0).then_some(())
-            },
-        ),
-    )
+    // Bounded; on timeout the figures and the unanswered events are printed, then it fails.
+    let drained = tokio::time::timeout(Duration::from_secs(90), async {
+        while audit(&khoros, &sent, conversations).lost > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
     .await
     .is_ok();
     let drain = drain_from.elapsed();
@@ -419,6 +438,28 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
             "CLUSTER failover (NOT DRAINED after {drain:?}): rate={rate}/s sent={} {a:?} faults={faults:?}",
             sent.len()
         );
+        let replies: Vec<Vec<serde_json::Value>> = (0..conversations)
+            .map(|c| khoros.messages(author(c).as_str()))
+            .collect();
+        let unanswered = sent.iter().filter(|s| {
+            let text = format!("You said: {}", text(s.conversation, s.index));
+            s.status == 202
+                && !replies[s.conversation]
+                    .iter()
+                    .any(|m| m["text"].as_str() == Some(text.as_str()))
+        });
+        for s in unanswered.take(40) {
+            {
+                eprintln!(
+                    "CLUSTER unanswered c{}-m{} request id {} sent {:.2}s into the load, answered 202 after {:.2}s",
+                    s.conversation,
+                    s.index,
+                    s.request_id,
+                    (s.sent_at - started).as_secs_f64(),
+                    (s.done_at - s.sent_at).as_secs_f64()
+                );
+            }
+        }
         panic!("accepted events unanswered 90 s after the load: {a:?}");
     }
     let last = Mutex::new((total_replies(), Instant::now()));
@@ -476,12 +517,14 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         .iter()
         .map(|f| {
             format!(
-                "[{} {}: election={:.2}s refused={} longest_503_window={:.2}s rejoin={:.2}s]",
+                "[{} {} at {:.1}s: election={:.2}s refused={} longest_503_window={:.2}s longest_202_wait={:.2}s rejoin={:.2}s]",
                 f.what,
                 f.node,
+                f.at.as_secs_f64(),
                 f.election.as_secs_f64(),
                 f.refused,
                 f.longest_window.as_secs_f64(),
+                f.longest_hold.as_secs_f64(),
                 f.rejoin.as_secs_f64()
             )
         })
@@ -507,13 +550,23 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
         other.is_empty(),
         "the ingress answers 202 or 503, nothing else: {other:?}"
     );
+    for s in sent.iter().filter(|s| s.status == 0) {
+        eprintln!(
+            "CLUSTER no answer: c{}-m{} sent {:.2}s into the load, after {:.2}s: {}",
+            s.conversation,
+            s.index,
+            (s.sent_at - started).as_secs_f64(),
+            (s.done_at - s.sent_at).as_secs_f64(),
+            s.error.as_deref().unwrap_or("-")
+        );
+    }
     for detail in &a.out_of_order_detail {
         eprintln!("CLUSTER out of order {detail}");
     }
     assert_eq!((a.lost, a.duplicates, a.out_of_order), (0, 0, 0), "{a:?}");
     assert!(
-        longest <= Duration::from_secs(10),
-        "ingress refused for {longest:?} in a row (target 5 s)"
+        longest <= Duration::from_secs(5),
+        "ingress refused for {longest:?} in a row (target: at most 5 s)"
     );
     assert!(rotated >= 1, "the rotation after the faults minted a token");
     for w in workers {
@@ -532,7 +585,6 @@ const WEEK_MS: i64 = 7 * 86_400_000;
 /// it runs out and rotates, the cut one stops rotating, and after the cut heals every rotation
 /// period still costs exactly one refresh call at khoros-sim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "three-node cluster under load: needs a quiet machine; run with --ignored (README, Clustered JetStream)"]
 async fn a_network_cut_does_not_split_the_token_lease() {
     let _one = ONE_CLUSTER.lock().await;
     let mut cluster = NatsCluster::start().await;
