@@ -2,7 +2,9 @@
 //! `member.<id>` every heartbeat, and one not seen for `MEMBER_TIMEOUT` is gone. Liveness is
 //! judged on this process' own clock (when it last saw the key change), so clock skew between
 //! replicas does not matter; only at start-up, for keys written before this replica watched,
-//! the server's timestamp of the write stands in.
+//! the server's timestamp of the write stands in. A member this replica has not heard from is
+//! only gone once its key is confirmed unchanged (`Ownership::confirm_gone`): a watch stalls
+//! while the bucket elects a leader, and a stalled watch is no proof of a dead member.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ pub struct Announcement {
 struct Member {
     types: Vec<EventKind>,
     last_seen: Instant,
+    /// Revision of the key as last seen.
+    revision: u64,
 }
 
 /// The member table.
@@ -31,16 +35,34 @@ pub struct Members {
 }
 
 impl Members {
-    /// A `member.<id>` put, written `age` ago.
-    pub fn seen(&mut self, id: &str, announcement: &Announcement, age: Duration) {
+    /// A `member.<id>` put at `revision`, written `age` ago.
+    pub fn seen(&mut self, id: &str, announcement: &Announcement, age: Duration, revision: u64) {
         let types = announcement
             .types
             .iter()
             .filter_map(|t| EventKind::parse(t))
             .collect();
         let last_seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        self.members
-            .insert(id.to_string(), Member { types, last_seen });
+        self.members.insert(
+            id.to_string(),
+            Member {
+                types,
+                last_seen,
+                revision,
+            },
+        );
+    }
+
+    /// The revision of `id`'s key as last seen.
+    pub fn revision(&self, id: &str) -> Option<u64> {
+        self.members.get(id).map(|m| m.revision)
+    }
+
+    /// Counts `id` as heard from now (its liveness cannot be told yet: ask again later).
+    pub fn vouch(&mut self, id: &str) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.last_seen = Instant::now();
+        }
     }
 
     pub fn forget(&mut self, id: &str) {
@@ -93,16 +115,20 @@ mod tests {
             types: vec!["update".into()],
         };
         let timeout = Duration::from_secs(5);
-        members.seen("a", &both, Duration::ZERO);
-        members.seen("b", &updates, Duration::ZERO);
-        members.seen("old", &both, Duration::from_secs(60));
+        members.seen("a", &both, Duration::ZERO, 1);
+        members.seen("b", &updates, Duration::ZERO, 2);
+        members.seen("old", &both, Duration::from_secs(60), 3);
+        assert_eq!(members.revision("old"), Some(3));
         assert_eq!(members.live_for(EventKind::Message, timeout), vec!["a"]);
         let mut update = members.live_for(EventKind::Update, timeout);
         update.sort();
         assert_eq!(update, vec!["a", "b"]);
         assert_eq!(members.gone(timeout), vec!["old".to_string()]);
         assert!(!members.is_live("old", timeout));
+        members.vouch("old");
+        assert!(members.is_live("old", timeout));
         members.forget("a");
+        members.forget("old");
         assert!(members.live_for(EventKind::Message, timeout).is_empty());
     }
 }

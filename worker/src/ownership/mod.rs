@@ -223,7 +223,7 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
                 } else {
                     age
                 };
-                self.members.seen(id, &announcement, age);
+                self.members.seen(id, &announcement, age, entry.revision);
             }
         } else if let Some(slot) = entry.key.strip_prefix("owner.").and_then(Slot::parse) {
             // The watch may deliver a change older than one this replica already applied
@@ -244,11 +244,42 @@ impl<F: Fn(Slot) -> Running> Ownership<F> {
         }
     }
 
+    /// Whether a member not heard from for `MEMBER_TIMEOUT` is really gone: its key, read
+    /// from the bucket's leader, is unchanged since last seen (or deleted). A key written since
+    /// means the watch stalled (it does while the bucket elects a leader): the member is alive,
+    /// and taking its partitions would only make the two replicas trade them back and forth.
+    /// When the bucket cannot be read, nothing can be claimed anyway: ask again later.
+    async fn confirm_gone(&mut self, id: &str) -> bool {
+        let key = format!("member.{id}");
+        match shared::kv::read_from_leader::<Announcement>(&self.kv, &key).await {
+            Ok(Some(current))
+                if self
+                    .members
+                    .revision(id)
+                    .is_none_or(|seen| current.revision > seen) =>
+            {
+                tracing::info!(
+                    member = id,
+                    "a member's heartbeat arrived late; still alive"
+                );
+                self.members
+                    .seen(id, &current.value, Duration::ZERO, current.revision);
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(member = id, error = %e, "cannot tell whether a silent member is gone; asking again later");
+                self.members.vouch(id);
+                false
+            }
+        }
+    }
+
     async fn reconcile(&mut self) {
         let me = self.config.member_id.clone();
         let timeout = self.config.member_timeout;
         for gone in self.members.gone(timeout) {
-            if gone != me {
+            if gone != me && self.confirm_gone(&gone).await {
                 // Tidy: a crashed replica's heartbeat key would otherwise stay forever.
                 self.members.forget(&gone);
                 let _ = self.kv.delete(format!("member.{gone}")).await;
