@@ -134,14 +134,49 @@ impl Publisher {
 }
 
 /// Whether another attempt could store the event: the stream has no leader (or is being
-/// recreated), the PubAck did not come, or the connection broke. JetStream's own refusals
-/// (the stream is full, say) stand.
+/// recreated), the PubAck did not come, the connection broke, or the cluster said it is
+/// temporarily unavailable (its meta leader being elected). JetStream's other refusals (the
+/// stream is full, say) stand.
 fn retryable(e: &PublishError) -> bool {
-    matches!(
-        e.kind(),
+    match e.kind() {
         PublishErrorKind::StreamNotFound
-            | PublishErrorKind::TimedOut
-            | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxAckPending
-    )
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|api| api.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(json: &str) -> PublishError {
+        let api: jetstream::Error = serde_json::from_str(json).expect("an API error");
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn a_missing_leader_is_retried_and_a_full_stream_is_not() {
+        for kind in [
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+        ] {
+            assert!(retryable(&PublishError::new(kind)), "{kind:?}");
+        }
+        let unavailable = api_error(
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#,
+        );
+        assert!(retryable(&unavailable));
+        let full =
+            api_error(r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#);
+        assert!(!retryable(&full));
+        assert!(!retryable(&PublishError::new(
+            PublishErrorKind::WrongLastSequence
+        )));
+    }
 }
