@@ -449,16 +449,14 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
                     .any(|m| m["text"].as_str() == Some(text.as_str()))
         });
         for s in unanswered.take(40) {
-            {
-                eprintln!(
-                    "CLUSTER unanswered c{}-m{} request id {} sent {:.2}s into the load, answered 202 after {:.2}s",
-                    s.conversation,
-                    s.index,
-                    s.request_id,
-                    (s.sent_at - started).as_secs_f64(),
-                    (s.done_at - s.sent_at).as_secs_f64()
-                );
-            }
+            eprintln!(
+                "CLUSTER unanswered c{}-m{} request id {} sent {:.2}s into the load, answered 202 after {:.2}s",
+                s.conversation,
+                s.index,
+                s.request_id,
+                (s.sent_at - started).as_secs_f64(),
+                (s.done_at - s.sent_at).as_secs_f64()
+            );
         }
         panic!("accepted events unanswered 90 s after the load: {a:?}");
     }
