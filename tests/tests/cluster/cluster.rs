@@ -18,14 +18,12 @@ use shared::auth::{Clock, ManualClock};
 use shared::config::Env;
 use shared::token::{TokenRecord, TOKEN_KEY};
 use shared::topology::{buckets, Topology, TopologyConfig, EVENTS_STREAM};
-use shared::Secret;
 use testkit::nats_cluster::{NatsCluster, NODES};
-use testkit::sign::Credentials;
 use testkit::wait;
 
 use crate::helpers::{
-    message_event, with_overrides, worker_vars_at, TestIngress, TestWorker, HMAC_KEY, HMAC_SECRET,
-    TEST_TOKEN,
+    khoros_for, message_event, scheduler_vars, with_overrides, worker_vars_at, TestIngress,
+    TestWorker, TEST_TOKEN,
 };
 use crate::stack::TestScheduler;
 
@@ -293,19 +291,7 @@ async fn the_pipeline_survives_the_loss_of_any_node() {
     // The production defaults: attempts of 2 s, retried through an election for 8 s.
     ingress_vars.extend([("PUBLISH_TIMEOUT", "2s"), ("STORE_DEADLINE", "8s")]);
     let ingress = TestIngress::start_at(&url, &ingress_vars).await;
-    let khoros = KhorosSim::start(
-        KhorosSimConfig::default()
-            .with_token(TEST_TOKEN)
-            .with_webhook(
-                &ingress.url,
-                Credentials::Hmac {
-                    api_key: HMAC_KEY.into(),
-                    secret: Secret::new(HMAC_SECRET),
-                },
-            ),
-    )
-    .await
-    .expect("start khoros-sim");
+    let khoros = khoros_for(&ingress).await;
     let kore = KoreSim::start(KoreSimConfig::default())
         .await
         .expect("start kore-sim");
@@ -599,30 +585,18 @@ async fn a_network_cut_does_not_split_the_token_lease() {
         .expect("latency fault");
     let clock = ManualClock::at(T0);
     let base = |node: usize| -> Vec<(String, String)> {
-        [
-            ("NATS_URL", cluster.node_url(node)),
-            ("JS_REPLICAS", "3".into()),
-            ("KHOROS_API_URL", sim.base_url()),
-            ("KHOROS_APP_ID", "kore-bridge".into()),
-            ("KHOROS_TOKEN", "khoros-sim-token".into()),
-            (
-                "KHOROS_TOKEN_EXPIRES_AT_MS",
-                (T0 + 90 * 86_400_000).to_string(),
-            ),
-            ("KHOROS_TIMEOUT", "2s".into()),
-            ("KHOROS_RETRY_MAX", "3".into()),
-            ("KHOROS_RETRY_MIN_DELAY", "10ms".into()),
-            ("KHOROS_RETRY_MAX_DELAY", "50ms".into()),
-            ("KHOROS_RETRY_MAX_ELAPSED", "2s".into()),
-            ("TOKEN_CHECK_INTERVAL", "50ms".into()),
-            ("LEASE_TTL", "1s".into()),
-            ("METRICS_INTERVAL", "0".into()),
-            ("SHUTDOWN_TIMEOUT", "5s".into()),
-            ("SCHEDULER_ID", format!("s{node}")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut vars = scheduler_vars(
+            &cluster.node_url(node),
+            &sim.base_url(),
+            "kore-bridge",
+            "khoros-sim-token",
+            T0 + 90 * 86_400_000,
+        );
+        vars.extend([
+            ("JS_REPLICAS".to_string(), "3".to_string()),
+            ("SCHEDULER_ID".to_string(), format!("s{node}")),
+        ]);
+        vars
     };
     Topology::new(TopologyConfig::from_env(&Env::from_pairs(base(0))).unwrap())
         .ensure(&cluster.jetstream().await.expect("a client"))

@@ -359,3 +359,51 @@ pub async fn partition_consumer(
         .find(|n| shared::contract::kind::consumer_base(n) == base)?;
     stream.get_consumer(&name).await.ok()
 }
+
+/// khoros-sim with the workers' test token, delivering its webhooks to `ingress` with the
+/// HMAC credentials the test ingress accepts.
+pub async fn khoros_for(ingress: &TestIngress) -> khoros_sim::KhorosSim {
+    khoros_sim::KhorosSim::start(
+        khoros_sim::KhorosSimConfig::default()
+            .with_token(TEST_TOKEN)
+            .with_webhook(
+                &ingress.url,
+                Credentials::Hmac {
+                    api_key: HMAC_KEY.into(),
+                    secret: Secret::new(HMAC_SECRET),
+                },
+            ),
+    )
+    .await
+    .expect("start khoros-sim")
+}
+
+/// The settings every scheduler under test shares: khoros-sim at `khoros_url` with its token
+/// `seed` (expiring at `seed_expires_at_ms`), checks every 50 ms, a 1 s lease, short retries.
+pub fn scheduler_vars(
+    nats_url: &str,
+    khoros_url: &str,
+    app_id: &str,
+    seed: &str,
+    seed_expires_at_ms: i64,
+) -> Vec<(String, String)> {
+    [
+        ("NATS_URL", nats_url.to_string()),
+        ("KHOROS_API_URL", khoros_url.to_string()),
+        ("KHOROS_APP_ID", app_id.into()),
+        ("KHOROS_TOKEN", seed.into()),
+        ("KHOROS_TOKEN_EXPIRES_AT_MS", seed_expires_at_ms.to_string()),
+        ("KHOROS_TIMEOUT", "2s".into()),
+        ("KHOROS_RETRY_MAX", "3".into()),
+        ("KHOROS_RETRY_MIN_DELAY", "10ms".into()),
+        ("KHOROS_RETRY_MAX_DELAY", "50ms".into()),
+        ("KHOROS_RETRY_MAX_ELAPSED", "2s".into()),
+        ("TOKEN_CHECK_INTERVAL", "50ms".into()),
+        ("LEASE_TTL", "1s".into()),
+        ("METRICS_INTERVAL", "0".into()),
+        ("SHUTDOWN_TIMEOUT", "5s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}

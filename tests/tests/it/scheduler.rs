@@ -56,25 +56,7 @@ struct Harness {
 
 /// Settings every scheduler of a test shares (the topology part must match the harness').
 fn base_env(nats: &NatsServer, sim: &KhorosSim) -> Vec<(String, String)> {
-    [
-        ("NATS_URL", nats.url()),
-        ("KHOROS_API_URL", sim.base_url()),
-        ("KHOROS_APP_ID", APP_ID.into()),
-        ("KHOROS_TOKEN", SEED.into()),
-        ("KHOROS_TOKEN_EXPIRES_AT_MS", (T0 + 90 * DAY_MS).to_string()),
-        ("KHOROS_TIMEOUT", "2s".into()),
-        ("KHOROS_RETRY_MAX", "3".into()),
-        ("KHOROS_RETRY_MIN_DELAY", "10ms".into()),
-        ("KHOROS_RETRY_MAX_DELAY", "50ms".into()),
-        ("KHOROS_RETRY_MAX_ELAPSED", "2s".into()),
-        ("TOKEN_CHECK_INTERVAL", "50ms".into()),
-        ("LEASE_TTL", "1s".into()),
-        ("METRICS_INTERVAL", "0".into()),
-        ("SHUTDOWN_TIMEOUT", "5s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    crate::helpers::scheduler_vars(&nats.url(), &sim.base_url(), APP_ID, SEED, T0 + 90 * DAY_MS)
 }
 
 fn env_with(vars: Vec<(String, String)>, extra: &[(&str, &str)]) -> Env {

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use khoros_sim::{KhorosSim, KhorosSimConfig};
+use khoros_sim::KhorosSim;
 use kore_sim::{KoreSim, KoreSimConfig};
 use shared::config::Env;
 use shared::service::Listeners;
 use shared::Secret;
 use testkit::nats_server::NatsServer;
-use testkit::sign::Credentials;
 
-use crate::helpers::{worker_env, TestIngress, TestWorker, HMAC_KEY, HMAC_SECRET, TEST_TOKEN};
+use crate::helpers::{khoros_for, worker_env, TestIngress, TestWorker, TEST_TOKEN};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -106,19 +105,7 @@ impl Stack {
         let mut ingress_env = vec![("PARTITIONS", "4")];
         ingress_env.extend_from_slice(ingress_extra);
         let ingress = TestIngress::start(&nats, &ingress_env).await;
-        let khoros = KhorosSim::start(
-            KhorosSimConfig::default()
-                .with_token(TEST_TOKEN)
-                .with_webhook(
-                    &ingress.url,
-                    Credentials::Hmac {
-                        api_key: HMAC_KEY.into(),
-                        secret: Secret::new(HMAC_SECRET),
-                    },
-                ),
-        )
-        .await
-        .expect("start khoros-sim");
+        let khoros = khoros_for(&ingress).await;
         let kore = KoreSim::start(kore).await.expect("start kore-sim");
         let stack = Self {
             nats,
