@@ -63,14 +63,50 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits (30 s at most) until the cluster has a meta leader.
+    /// Starts three nodes and waits (30 s at most) until the cluster has a meta leader and an
+    /// R3 stream can be placed on it.
     pub async fn start() -> Self {
         let cluster = Self::start_nodes();
+        let limit = Duration::from_secs(30);
         cluster
-            .wait_meta_leader(Duration::from_secs(30))
+            .wait_meta_leader(limit)
             .await
             .expect("the cluster elects a meta leader");
         cluster
+            .wait_placeable(limit)
+            .await
+            .expect("the cluster can place an R3 stream");
+        cluster
+    }
+
+    /// Waits until an R3 stream can be created, by creating and deleting a probe stream. A meta
+    /// group that counts every peer as current is not enough: the leader places a stream only
+    /// on peers whose first statsz it has received, and until then it answers 10005 "no
+    /// suitable peers for placement, peer offline".
+    pub async fn wait_placeable(&self, limit: Duration) -> anyhow::Result<()> {
+        const PROBE: &str = "HARNESS_PLACEMENT_PROBE";
+        let deadline = Instant::now() + limit;
+        let js = self.jetstream_timeout(Duration::from_secs(2)).await?;
+        loop {
+            let created = js
+                .create_stream(jetstream::stream::Config {
+                    name: PROBE.into(),
+                    subjects: vec!["harness.placement.probe".into()],
+                    num_replicas: NODES,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    js.delete_stream(PROBE).await?;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    anyhow::bail!("no R3 stream could be placed within {limit:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Starts three nodes and waits until each listens (no leader election awaited).
